@@ -1,0 +1,1 @@
+"""Context permission rules for governance objects (separation of duties)."""

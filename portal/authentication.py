@@ -1,0 +1,35 @@
+"""`Authorization: Bearer <token>` for sponsor API tokens."""
+
+from __future__ import annotations
+
+from rest_framework import authentication, exceptions
+
+from portal.services import api_token_authenticate
+
+
+class BearerTokenAuthentication(authentication.BaseAuthentication):
+    keyword = "Bearer"
+
+    def authenticate(self, request):
+        header = authentication.get_authorization_header(request).decode("latin-1")
+        if not header:
+            return None
+        parts = header.split()
+        if parts[0] != self.keyword:
+            return None
+        if len(parts) != 2:
+            raise exceptions.AuthenticationFailed("Malformed Authorization header: expected 'Bearer <token>'.")
+        token = api_token_authenticate(parts[1])
+        if token is None:
+            raise exceptions.AuthenticationFailed("Invalid token.")
+        if token.revoked_at is not None:
+            raise exceptions.AuthenticationFailed("This token has been revoked.")
+        if not token.is_usable():
+            raise exceptions.AuthenticationFailed("This token has expired.")
+        if not token.user.is_active:
+            raise exceptions.AuthenticationFailed("This account is disabled.")
+        return token.user, token
+
+    def authenticate_header(self, request) -> str:
+        # Makes unauthenticated API calls answer 401 (with a challenge) instead of 403.
+        return f'{self.keyword} realm="api"'

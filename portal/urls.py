@@ -1,0 +1,39 @@
+"""The URL root: the one place that mounts every app's pages and API."""
+
+from django.contrib import admin
+from django.urls import include, path
+from django.views.generic import RedirectView
+from drf_spectacular.views import SpectacularAPIView
+from rest_framework.decorators import api_view, permission_classes
+from rest_framework.permissions import AllowAny
+from rest_framework.response import Response
+from rest_framework.reverse import reverse
+
+from portal import api, views
+
+api_v1 = [
+    path("me", api.MeView.as_view(), name="api-me"),
+    path("audit-events", api.AuditEventList.as_view(), name="api-audit-events"),
+    path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
+]
+
+
+@api_view(["GET"])
+@permission_classes([AllowAny])
+def api_root(request):
+    names = ["api-me", "api-audit-events", "api-schema"]
+    return Response({name.removeprefix("api-"): reverse(name, request=request) for name in names})
+
+
+urlpatterns = [
+    path("", views.dashboard, name="dashboard"),
+    path("login/", views.login_view, name="login"),
+    path("login/verify/", views.two_factor_verify, name="two_factor_verify"),
+    path("logout/", views.logout_view, name="logout"),
+    path("account/two-factor/setup/", views.two_factor_setup, name="two_factor_setup"),
+    # The admin signs in through our login (throttled, with the second factor), never its own form.
+    path("admin/login/", RedirectView.as_view(pattern_name="login", query_string=True)),
+    path("admin/", admin.site.urls),
+    path("api/v1/", api_root, name="api-root"),
+    path("api/v1/", include(api_v1)),
+]

@@ -15,6 +15,7 @@ api_v1 = [
     path("me", api.MeView.as_view(), name="api-me"),
     path("audit-events", api.AuditEventList.as_view(), name="api-audit-events"),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("", include("governance.api_urls")),
 ]
 
 
@@ -34,6 +35,7 @@ urlpatterns = [
     # The admin signs in through our login (throttled, with the second factor), never its own form.
     path("admin/login/", RedirectView.as_view(pattern_name="login", query_string=True)),
     path("admin/", admin.site.urls),
+    path("", include("governance.urls")),
     path("api/v1/", api_root, name="api-root"),
     path("api/v1/", include(api_v1)),
 ]

@@ -322,10 +322,13 @@ def ethics_transition(*, approval: EthicsApproval, to: str, by: User | None, rea
     the approval is suspended (each with its own event).
     """
     permission = ETHICS_MOVE_PERMISSION[to]
-    if by is not None and permission is not None:
+    if by is None:
+        if to != E.EXPIRED:
+            raise PermissionDenied("Only expiry happens without a person.")
+    elif to == E.EXPIRED:
+        raise PermissionDenied("An ethics approval expires by its date, not by a person.")
+    elif permission is not None:
         p.check_permission(by, permission, approval=approval)
-    elif by is None and to != E.EXPIRED:
-        raise PermissionDenied("Only expiry happens without a person.")
     with transaction.atomic():
         approval = EthicsApproval.objects.select_for_update().get(pk=approval.pk)
         if approval.status == to:
@@ -516,7 +519,12 @@ def cohort_preview(*, by: User, datasets: Iterable[Dataset], definition: Any) ->
     """The researcher's live preview: rounded counts, small ones suppressed, never exact."""
     p.check_permission(by, p.REQUEST_VIEW)
     datasets = list(datasets)
-    normalised = validate_definition(definition, datasets)
+    if not datasets:
+        raise ValidationError({"datasets": "Choose at least one dataset."})
+    try:
+        normalised = validate_definition(definition, datasets)
+    except CohortDefinitionError as exc:
+        raise ValidationError({"definition": str(exc)}) from None
     policy = policy_current()
     records, patients = cohort_counts(datasets, normalised)
     needed = required_patients(datasets, policy)
@@ -563,15 +571,17 @@ def request_transition(
     threshold and differencing and freezes the cohort. Moving to the current status is a no-op.
     """
     with transaction.atomic():
-        request = DataAccessRequest.objects.select_for_update().select_related("project", "ethics_approval").get(pk=request.pk)
-        if request.status == to:
-            return request
+        # of=("self",): PostgreSQL cannot lock the nullable side of the outer join to ethics_approval.
+        request = (DataAccessRequest.objects.select_for_update(of=("self",))
+                   .select_related("project", "ethics_approval").get(pk=request.pk))
         permission = REQUEST_MOVE_PERMISSION[to]
         if by is None:
             if to != R.SUSPENDED:
                 raise PermissionDenied("Only suspension happens without a person.")
         elif permission is not None:
             p.check_permission(by, permission, request=request)
+        if request.status == to:  # after the permission check: a repeat is a no-op for those who may move
+            return request
         if to not in REQUEST_TRANSITIONS[request.status]:
             raise TransitionError(
                 f"A request that is {request.get_status_display().lower()} cannot be moved to {R(to).label.lower()}."
@@ -618,6 +628,10 @@ def request_transition(
     return request
 
 
+def _locked(request: DataAccessRequest) -> DataAccessRequest:
+    return DataAccessRequest.objects.select_for_update().get(pk=request.pk)
+
+
 def request_submit(*, request: DataAccessRequest, by: User) -> DataAccessRequest:
     return request_transition(request=request, to=R.SUBMITTED, by=by)
 
@@ -625,6 +639,7 @@ def request_submit(*, request: DataAccessRequest, by: User) -> DataAccessRequest
 def request_approve(*, request: DataAccessRequest, by: User, conditions: str = "") -> DataAccessRequest:
     """Approve; a submitted request is taken into review first (two events, one transaction)."""
     with transaction.atomic():
+        request = _locked(request)  # read the status under the lock, so a racing decision waits for this one
         if request.status == R.SUBMITTED:
             request = request_transition(request=request, to=R.IN_REVIEW, by=by)
         return request_transition(request=request, to=R.APPROVED, by=by, conditions=conditions)
@@ -632,6 +647,7 @@ def request_approve(*, request: DataAccessRequest, by: User, conditions: str = "
 
 def request_reject(*, request: DataAccessRequest, by: User, reason: str) -> DataAccessRequest:
     with transaction.atomic():
+        request = _locked(request)  # read the status under the lock, so a racing decision waits for this one
         if request.status == R.SUBMITTED:
             request = request_transition(request=request, to=R.IN_REVIEW, by=by)
         return request_transition(request=request, to=R.REJECTED, by=by, reason=reason)
@@ -639,6 +655,7 @@ def request_reject(*, request: DataAccessRequest, by: User, reason: str) -> Data
 
 def request_changes(*, request: DataAccessRequest, by: User, reason: str) -> DataAccessRequest:
     with transaction.atomic():
+        request = _locked(request)  # read the status under the lock, so a racing decision waits for this one
         if request.status == R.SUBMITTED:
             request = request_transition(request=request, to=R.IN_REVIEW, by=by)
         return request_transition(request=request, to=R.CHANGES_REQUESTED, by=by, reason=reason)

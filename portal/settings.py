@@ -218,7 +218,7 @@ CELERY_BEAT_SCHEDULE = {
 
 # Sandboxes and storage.
 SANDBOX_BACKEND = env_choice("RAPHA_SANDBOX", "auto", ("auto", "docker", "bubblewrap"))
-SANDBOX_IMAGE = env_str("RAPHA_SANDBOX_IMAGE", "rapha-sandbox:bookworm")
+SANDBOX_IMAGE = env_str("RAPHA_SANDBOX_IMAGE", "rapha-sandbox:bookworm-py311-1")
 SANDBOX_MEMORY_MB = env_int("RAPHA_SANDBOX_MEMORY_MB", 8192, minimum=256)
 SANDBOX_PIDS = env_int("RAPHA_SANDBOX_PIDS", 256, minimum=16)
 SANDBOX_CPUS = env_int("RAPHA_SANDBOX_CPUS", 2, minimum=1)

@@ -19,9 +19,16 @@ def pytest_runtest_makereport(item, call):
         report.longrepr = f"Skipped under CI=true, which must run everything but GPU tests: {reason}"
 
 
+def _django_active(request) -> bool:
+    return request.config.pluginmanager.hasplugin("django")
+
+
 @pytest.fixture(autouse=True)
-def _isolated_storage(settings, tmp_path):
+def _isolated_storage(request, tmp_path):
     """Every test gets its own data, staging, quarantine and release folders."""
+    if not _django_active(request):  # Django-free suites run with -p no:django
+        return
+    settings = request.getfixturevalue("settings")
     for name in ("DATA_ROOT", "STAGING_ROOT", "QUARANTINE_ROOT", "RELEASES_ROOT", "UPLOADS_ROOT"):
         folder = tmp_path / name.lower()
         folder.mkdir()
@@ -35,7 +42,10 @@ def _isolated_storage(settings, tmp_path):
 
 
 @pytest.fixture(autouse=True)
-def _clear_cache():
+def _clear_cache(request):
+    if not _django_active(request):
+        yield
+        return
     from django.core.cache import cache
 
     cache.clear()

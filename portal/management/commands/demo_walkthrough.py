@@ -1,0 +1,154 @@
+"""Drive one whole round through the services and print each step (contract in DESIGN.md)."""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import time
+from datetime import timedelta
+from pathlib import Path
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+from django.utils import timezone
+
+MINIMAL_PDF = (b"%PDF-1.4\n1 0 obj <</Type /Catalog /Pages 2 0 R>> endobj\n2 0 obj <</Type /Pages /Kids [] /Count 0>> endobj\n"
+               b"trailer <</Root 1 0 R>>\n%%EOF\n")
+
+
+class Command(BaseCommand):
+    help = ("One round: request, ethics, approval, training in the sandbox, validation, audit, two sign-offs, "
+            "release, a sponsor's download and signature check. Exit 0 only if the round completed.")
+
+    def add_arguments(self, parser):
+        parser.add_argument("--out", help="Leave release.zip and signing-key.pem here.")
+        parser.add_argument("--modality", default="text", choices=["text"])
+        parser.add_argument("--dp-epsilon", type=float, default=None)
+        parser.add_argument("--patients", type=int, default=160, help="Synthetic patients if the demo dataset is absent.")
+        parser.add_argument("--epochs", type=int, default=1)
+
+    def step(self, text: str) -> None:
+        elapsed = time.monotonic() - self.started
+        self.stdout.write(f"[{elapsed:6.1f}s] {text}")
+
+    def handle(self, *args, out, modality, dp_epsilon, patients, epochs, **options):
+        from portal.celery import app
+
+        self.started = time.monotonic()
+        # Tasks run in this process, so the round is one command and its steps print in order.
+        app.conf.task_always_eager = True
+        try:
+            self._round(out=Path(out) if out else None, dp_epsilon=dp_epsilon, patients=patients, epochs=epochs)
+        finally:
+            app.conf.task_always_eager = False
+
+    def _round(self, *, out, dp_epsilon, patients, epochs):
+        from django.core.management import call_command
+
+        from egress import services as egress
+        from egress.models import Adapter
+        from egress.verify import VerificationError, verify_release
+        from governance import services as governance
+        from governance.models import Dataset
+        from portal import services as portal
+        from portal.models import Organisation, Role
+        from training import services as training
+        from training.models import BaseModel, TrainingJob
+
+        tag = secrets.token_hex(3)
+        pw = secrets.token_urlsafe(12)
+
+        def person(role, name, org):
+            user = portal.user_create(email=f"walkthrough-{tag}-{role}-{secrets.token_hex(2)}@rapha.test", full_name=f"{name} ({tag})",
+                                      password=pw, organisation=org, roles=[role])
+            return user
+
+        hospital = portal.organisation_create(name="St Rapha University Hospital", kind=Organisation.Kind.HOSPITAL)
+        sponsor_org = portal.organisation_create(name="Acme Therapeutics", kind=Organisation.Kind.SPONSOR)
+        researcher = person(Role.RESEARCHER, "Rosa Researcher", hospital)
+        officer = person(Role.GOVERNANCE_OFFICER, "Omar Officer", hospital)
+        steward = person(Role.DATA_STEWARD, "Stella Steward", hospital)
+        reviewers = [person(Role.PRIVACY_REVIEWER, f"Reviewer {i}", hospital) for i in (1, 2)]
+        sponsor = person(Role.SPONSOR, "Sam Sponsor", sponsor_org)
+        self.step(f"Actors created: researcher, officer, steward, two reviewers, sponsor (suffix {tag}).")
+
+        if not Dataset.objects.filter(name="synthetic-notes").exists():
+            call_command("generate_synthetic_hospital", patients=patients, seed=7, steward=steward.email, verbosity=0)
+        dataset = Dataset.objects.get(name="synthetic-notes")
+        self.step(f"Dataset {dataset.name}: {dataset.records.count()} records of {dataset.patients.count()} patients.")
+        if not BaseModel.objects.filter(name="demo-text-lm").exists():
+            self.step("Building the demo base model (no download; a minute or two)...")
+            call_command("build_demo_models", verbosity=0)
+        model = BaseModel.objects.get(name="demo-text-lm")
+        training.base_model_verify(model)
+        self.step(f"Base model {model.name} verified against its registered sha256 ({len(model.files)} files).")
+        egress.signing_key_create()
+
+        project = governance.project_create(by=researcher, title=f"Discharge-summary drafting ({tag})",
+                                            lay_summary="Help clinicians draft discharge summaries.", sponsor=sponsor_org)
+        today = timezone.localdate()
+        ethics = governance.ethics_submit(by=researcher, project=project, committee="North Research Ethics Committee",
+                                          reference=f"REC-{tag}", approved_on=today - timedelta(days=30),
+                                          expires_on=today + timedelta(days=365), scope="Fine-tuning on discharge notes.",
+                                          letter=MINIMAL_PDF)
+        governance.ethics_verify(approval=ethics, by=officer)
+        self.step(f"Ethics approval {ethics.reference} submitted by the researcher and verified by the officer.")
+
+        recipe = {"epochs": epochs}
+        if dp_epsilon is not None:
+            recipe["dp"] = {"target_epsilon": dp_epsilon, "delta": 1e-5, "max_grad_norm": 1.0}
+        request = governance.request_create(
+            by=researcher, project=project, datasets=[dataset], title="Draft discharge summaries", purpose="Drafting aid.",
+            modality="text", cohort_definition={"age": {"min": 18}}, base_model_name=model.name, recipe=recipe,
+            ethics_approval=ethics, requested_epsilon=dp_epsilon,
+        )
+        preview = governance.cohort_preview(by=researcher, datasets=[dataset], definition=request.cohort_definition)
+        self.step(f"Request created; the researcher's preview shows {preview['patients']['display']} patients.")
+        governance.request_submit(request=request, by=researcher)
+        request = governance.request_approve(request=request, by=officer, conditions="Walkthrough.")
+        self.step(f"Request approved by the officer; cohort frozen: {request.cohort.patient_count} patients, "
+                  f"{request.cohort.record_count} records (seed {request.cohort.split_seed}).")
+
+        self.step(f"Training in the sandbox ({settings.SANDBOX_BACKEND})...")
+        job = training.job_start(request=request, by=researcher)
+        job.refresh_from_db()
+        if job.status != TrainingJob.Status.SUCCEEDED:
+            raise CommandError(f"Training ended {job.status}: {job.failure_reason}")
+        self.step(f"Trained on {job.backend}: held-out loss {job.eval_loss_base:.3f} → {job.eval_loss_adapted:.3f}, "
+                  f"{job.step} steps, {'QLoRA' if job.quantization == 'nf4' else 'LoRA'}.")
+
+        adapter = Adapter.objects.get(job=job)
+        if adapter.status == Adapter.Status.REJECTED:
+            raise CommandError(f"Adapter rejected: {adapter.rejected_reason}")
+        verdicts = adapter.validation_report.get("verdicts", [])
+        self.step(f"Validated: {sum(1 for v in verdicts if v['status'] == 'passed')} of {len(verdicts)} rules passed "
+                  f"(the rest skipped as not applicable); rewritten, sha256 {adapter.sha256[:16]}….")
+        gates = ", ".join(f"{g['gate']} {g['status']}" for g in adapter.audit_report.get("gates", []))
+        self.step(f"Privacy audit: {gates}.")
+        if adapter.status != Adapter.Status.IN_REVIEW:
+            raise CommandError(f"Adapter is {adapter.status}, not awaiting review.")
+
+        for reviewer in reviewers:
+            egress.signoff_record(adapter=adapter, by=reviewer, decision="approve", reason="Audit and validation read; fine.")
+        adapter.refresh_from_db()
+        self.step(f"Two privacy reviewers signed off: adapter {adapter.status}.")
+
+        release = egress.release_create(adapter=adapter, organisation=sponsor_org, by=officer)
+        self.step(f"Released to {sponsor_org.name}; manifest sha256 {release.manifest_sha256[:16]}… signed with Ed25519.")
+
+        token, raw = portal.api_token_issue(user=sponsor, name="walkthrough", by=officer, days_valid=1)
+        egress.terms_accept(release=release, by=sponsor, token=token)
+        path = egress.release_download(release=release, by=sponsor, token=token, address="127.0.0.1")
+        public_key = settings.SIGNING_KEY_PATH.with_suffix(".pub.pem")
+        try:
+            verified = verify_release(path, public_key)
+        except VerificationError as exc:
+            raise CommandError(f"The sponsor's signature check failed: {exc}") from None
+        self.step(f"Sponsor accepted the terms, downloaded release.zip and verified it: {len(verified.files)} files, signature OK.")
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, out / "release.zip")
+            shutil.copyfile(public_key, out / "signing-key.pem")
+            self.step(f"Left {out / 'release.zip'} and {out / 'signing-key.pem'}; check with: "
+                      f"python -m egress.verify {out / 'release.zip'} --public-key {out / 'signing-key.pem'}")
+        self.stdout.write(self.style.SUCCESS("Round complete."))

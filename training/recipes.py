@@ -1,0 +1,95 @@
+"""Recipe policy on the portal side: defaults and bounds, checked before a request or job exists.
+
+The recipes themselves (reader, collator, loss…) live in training/runtime/recipes, inside the
+sandbox; this module only decides which parameters a hospital allows.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from governance.models import Modality
+
+DEFAULT_TARGET_MODULES = {
+    "llama": ["q_proj", "v_proj"],
+    "gpt2": ["c_attn"],
+}
+RECIPE_DEFAULTS: dict[str, Any] = {
+    "rank": 8,
+    "alpha": 16,
+    "dropout": 0.05,
+    "learning_rate": 2e-3,
+    "epochs": 2,
+    "batch_size": 8,
+    "max_seq_length": 128,
+    "seed": 1234,
+    "quantization": "auto",
+    "canaries": True,
+    "dp": None,
+}
+# (low, high) inclusive, per numeric parameter.
+RECIPE_BOUNDS: dict[str, tuple[float, float]] = {
+    "rank": (1, 64),
+    "alpha": (1, 256),
+    "dropout": (0.0, 0.5),
+    "learning_rate": (1e-6, 1e-2),
+    "epochs": (1, 20),
+    "batch_size": (1, 64),
+    "max_seq_length": (16, 4096),
+    "seed": (0, 2**31 - 1),
+}
+INTEGER_PARAMETERS = {"rank", "epochs", "batch_size", "max_seq_length", "seed"}
+QUANTIZATIONS = ("auto", "nf4", "none")
+SUPPORTED_MODALITIES = {Modality.TEXT}
+_MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+DP_BOUNDS = {"target_epsilon": (0.1, 50.0), "delta": (1e-12, 1e-3), "max_grad_norm": (0.01, 100.0)}
+
+
+def recipe_errors(recipe: dict, *, family: str | None) -> dict[str, str]:
+    """Every problem with a requested recipe, keyed by parameter."""
+    errors: dict[str, str] = {}
+    allowed = set(RECIPE_DEFAULTS) | {"target_modules"}
+    for key in set(recipe) - allowed:
+        errors[f"recipe.{key}"] = f"Unknown recipe parameter; allowed: {', '.join(sorted(allowed))}."
+    for key, (low, high) in RECIPE_BOUNDS.items():
+        if key not in recipe:
+            continue
+        value = recipe[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            errors[f"recipe.{key}"] = "Must be a number."
+        elif key in INTEGER_PARAMETERS and int(value) != value:
+            errors[f"recipe.{key}"] = "Must be a whole number."
+        elif not low <= value <= high:
+            errors[f"recipe.{key}"] = f"Must be between {low:g} and {high:g} (hospital policy)."
+    if "quantization" in recipe and recipe["quantization"] not in QUANTIZATIONS:
+        errors["recipe.quantization"] = f"One of {', '.join(QUANTIZATIONS)}."
+    if "canaries" in recipe and not isinstance(recipe["canaries"], bool):
+        errors["recipe.canaries"] = "true or false."
+    modules = recipe.get("target_modules")
+    if modules is not None:
+        if not isinstance(modules, list) or not modules or not all(isinstance(m, str) and _MODULE_NAME.match(m) for m in modules):
+            errors["recipe.target_modules"] = "A non-empty list of module names such as q_proj."
+        elif any(m in {"lm_head", "embed_tokens", "wte", "wpe"} for m in modules):
+            errors["recipe.target_modules"] = "Embeddings and the output head are never trained or released."
+    dp = recipe.get("dp")
+    if dp is not None:
+        if not isinstance(dp, dict) or set(dp) - set(DP_BOUNDS):
+            errors["recipe.dp"] = f"An object with {', '.join(DP_BOUNDS)}."
+        else:
+            for key, (low, high) in DP_BOUNDS.items():
+                value = dp.get(key)
+                if value is None and key == "target_epsilon":
+                    errors["recipe.dp"] = "target_epsilon is required."
+                elif value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high):
+                    errors[f"recipe.dp.{key}"] = f"Must be between {low:g} and {high:g}."
+    return errors
+
+
+def resolve_recipe(recipe: dict, *, family: str) -> dict:
+    """The full recipe a job runs: the request's values over the defaults."""
+    resolved = {**RECIPE_DEFAULTS, **recipe}
+    resolved.setdefault("target_modules", None)
+    if not resolved["target_modules"]:
+        resolved["target_modules"] = list(DEFAULT_TARGET_MODULES.get(family, ["q_proj", "v_proj"]))
+    return resolved

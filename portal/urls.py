@@ -16,6 +16,8 @@ api_v1 = [
     path("audit-events", api.AuditEventList.as_view(), name="api-audit-events"),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("", include("governance.api_urls")),
+    path("", include("training.api_urls")),
+    path("", include("egress.api_urls")),
 ]
 
 
@@ -36,6 +38,8 @@ urlpatterns = [
     path("admin/login/", RedirectView.as_view(pattern_name="login", query_string=True)),
     path("admin/", admin.site.urls),
     path("", include("governance.urls")),
+    path("", include("training.urls")),
+    path("", include("egress.urls")),
     path("api/v1/", api_root, name="api-root"),
     path("api/v1/", include(api_v1)),
 ]

@@ -24,21 +24,35 @@ def _django_active(request) -> bool:
 
 
 @pytest.fixture(autouse=True)
-def _isolated_storage(request, tmp_path):
-    """Every test gets its own data, staging, quarantine and release folders."""
+def _isolated_storage(request):
+    """Every test gets its own data, staging, quarantine and release folders.
+
+    They live in a fresh folder under /tmp whose parents the sandbox's unprivileged user can
+    traverse (pytest's own tmp_path sits under a 0700 folder, which bubblewrap cannot enter).
+    """
     if not _django_active(request):  # Django-free suites run with -p no:django
+        yield
         return
+    import shutil
+    import tempfile
+    from pathlib import Path
+
     settings = request.getfixturevalue("settings")
-    for name in ("DATA_ROOT", "STAGING_ROOT", "QUARANTINE_ROOT", "RELEASES_ROOT", "UPLOADS_ROOT"):
-        folder = tmp_path / name.lower()
+    root = Path(tempfile.mkdtemp(prefix="rapha-test-"))
+    root.chmod(0o711)
+    for name in ("DATA_ROOT", "STAGING_ROOT", "QUARANTINE_ROOT", "RELEASES_ROOT", "UPLOADS_ROOT", "MODELS_ROOT"):
+        folder = root / name.lower()
         folder.mkdir()
+        folder.chmod(0o711)
         setattr(settings, name, folder)
-    settings.SIGNING_KEY_PATH = tmp_path / "keys" / "signing.pem"
+    settings.SIGNING_KEY_PATH = root / "keys" / "signing.pem"
     # Production serves hashed static files after collectstatic; tests read them from the source.
     settings.STORAGES = {
         **settings.STORAGES,
         "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
     }
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

@@ -58,11 +58,13 @@ def get_backend(kind: str = "auto", *, image: str = DEFAULT_IMAGE, docker_client
                 f"{INSTALL_HINT}") from None
 
 
-def reap_orphans(known_running_job_ids=(), *, docker_client=None) -> list[str]:
+def reap_orphans(known_running_job_ids=(), *, job_id_prefix: str = "", docker_client=None) -> list[str]:
     """Kill and remove sandboxes left over from a worker that died: labelled docker containers
-    and bubblewrap job cgroups whose job id is not in known_running_job_ids (jobs that other
-    workers on this machine are running now). Returns what was removed, one line each.
-    Backends that are not available here are skipped."""
+    and bubblewrap job cgroups whose job id is not in known_running_job_ids (pass every job the
+    database says is running, on any worker: workers on one machine share the engine and the
+    cgroups). job_id_prefix limits reaping to job ids starting with it (tests, or several
+    deployments on one machine). Returns what was removed, one line each. Backends that are
+    not available here are skipped."""
     reaped: list[str] = []
     client = docker_client
     if client is None:
@@ -74,8 +76,8 @@ def reap_orphans(known_running_job_ids=(), *, docker_client=None) -> list[str]:
         except Exception:  # noqa: BLE001 - no engine here: nothing of docker's to reap
             client = None
     if client is not None:
-        reaped += reap_containers(client, known_running_job_ids)
-    reaped += reap_cgroups(known_running_job_ids)
+        reaped += reap_containers(client, known_running_job_ids, job_id_prefix=job_id_prefix)
+    reaped += reap_cgroups(known_running_job_ids, job_id_prefix=job_id_prefix)
     return reaped
 
 

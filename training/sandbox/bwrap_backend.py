@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 from .cgroups import CgroupManager, JobCgroup
-from .spec import (BOOT_DIR, MiB, OUT_DIR, SANDBOX_GID, SANDBOX_PYTHON, SANDBOX_UID, TMP_DIR,
+from .spec import (MiB, OUT_DIR, SANDBOX_GID, SANDBOX_PYTHON, SANDBOX_UID, TMP_DIR,
                    CappedLog, SandboxError, SandboxResult, SandboxSpec, SandboxUnavailable,
                    check_mount_sources, check_python_abi, describe_exit, python_binds,
                    safe_name, sandbox_command, sandbox_env)
@@ -51,12 +51,17 @@ _MASK = ("/usr/lib/python3/dist-packages", "/usr/local/lib/python3.11/dist-packa
 _ACCESS_CHECK = r"""
 import json, os, sys
 problems = []
-for path, write in json.loads(sys.argv[1]):
+for path, write, walk in json.loads(sys.argv[1]):
     isdir = os.path.isdir(path)
     mode = os.R_OK | (os.X_OK if isdir else 0) | (os.W_OK if write else 0)
     if not os.access(path, mode):
-        problems.append(path); continue
-    if isdir and not write:
+        parts, blocked = path.rstrip("/").split("/")[1:], None
+        for i in range(1, len(parts)):
+            parent = "/" + "/".join(parts[:i])
+            if not os.access(parent, os.X_OK):
+                blocked = parent + " (a parent it cannot traverse)"; break
+        problems.append(blocked or path); continue
+    if isdir and walk:
         n = 0
         for dp, dns, fns in os.walk(path):
             for d in dns:
@@ -73,17 +78,22 @@ print(json.dumps(problems))
 class BubblewrapBackend:
     name = "bubblewrap"
 
-    def __init__(self, *, bwrap: str = "bwrap", host_python: str = SANDBOX_PYTHON,
-                 host_uid: int | None = None, host_gid: int | None = None):
+    def __init__(self, *, bwrap: str = "bwrap", host_uid: int | None = None, host_gid: int | None = None):
         check_python_abi()
         path = shutil.which(bwrap)
         if not path:
             raise SandboxUnavailable("bubblewrap is not installed; install it with: apt-get install -y bubblewrap")
         self.bwrap = path
-        if not os.access(host_python, os.X_OK):
+        if not os.access(SANDBOX_PYTHON, os.X_OK):
             raise SandboxUnavailable(
-                f"the bubblewrap sandbox runs the host's {host_python} (Debian python3 3.11) with the "
+                f"the bubblewrap sandbox runs the host's {SANDBOX_PYTHON} (Debian python3 3.11) with the "
                 f"worker's site-packages, and it is missing; install it with: apt-get install -y python3")
+        try:
+            usage = subprocess.run([path, "--help"], capture_output=True, timeout=10).stdout
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise SandboxUnavailable(f"bubblewrap does not run: {exc}") from None
+        # bwrap >= 0.8: no user namespaces inside the sandbox (less kernel surface).
+        self._disable_userns = b"--disable-userns" in usage
         self.root = os.geteuid() == 0
         # A root worker drops to an unprivileged host uid before bwrap; others run as themselves.
         self.host_uid = host_uid if host_uid is not None else (SANDBOX_UID if self.root else os.getuid())
@@ -93,11 +103,12 @@ class BubblewrapBackend:
             raise SandboxUnavailable(
                 "bubblewrap as root needs a writable cgroup (v2 with memory+pids, or v1 memory and "
                 f"pids hierarchies) to enforce memory and process limits: {self.cgroups.problem}")
-        self._probe(host_python)
+        self._probe()
+        self._check_access(None)
 
     # ------------------------------------------------------------------------------------------
-    def _probe(self, host_python: str) -> None:
-        argv = self._base_argv(tmp_bytes=16 * MiB) + ["--", host_python, "-I", "-S", "-c",
+    def _probe(self) -> None:
+        argv = self._base_argv(tmp_bytes=16 * MiB) + ["--", SANDBOX_PYTHON, "-I", "-S", "-c",
                                                       "import sys; print(sys.version_info[0], sys.version_info[1])"]
         fds = _data_fds()
         try:
@@ -113,7 +124,7 @@ class BubblewrapBackend:
                 f"bubblewrap cannot create a sandbox here (user namespaces disabled?): {msg}")
         if proc.stdout.split() != [b"3", b"11"]:
             raise SandboxUnavailable(
-                f"{host_python} is Python {proc.stdout.decode().strip()}, but the worker's packages are "
+                f"{SANDBOX_PYTHON} is Python {proc.stdout.decode().strip()}, but the worker's packages are "
                 f"built for 3.11")
 
     def _drop_privileges(self) -> None:
@@ -125,10 +136,12 @@ class BubblewrapBackend:
     def _base_argv(self, *, tmp_bytes: int) -> list[str]:
         # The /etc files come from pipes made just before each start (_data_fds); their fd
         # numbers are filled in then (_fill_fds).
-        argv = [self.bwrap, "--unshare-all", "--die-with-parent", "--new-session",
+        argv = [self.bwrap, "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session",
                 "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_GID), "--hostname", "sandbox",
-                "--cap-drop", "ALL",
-                "--ro-bind", "/usr", "/usr"]
+                "--cap-drop", "ALL"]
+        if self._disable_userns:
+            argv.append("--disable-userns")
+        argv += ["--ro-bind", "/usr", "/usr"]
         for top in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
             host = f"/{top}"
             if os.path.islink(host):
@@ -148,13 +161,22 @@ class BubblewrapBackend:
         return argv
 
     # ------------------------------------------------------------------------------------------
+    @staticmethod
+    def _binds(spec: SandboxSpec) -> list[tuple[str, str, bool]]:
+        """(host, container, read_only): the interpreter's packages, the job's mounts (parents
+        before children), /out."""
+        binds = [(host, target, True) for host, target in python_binds()]
+        binds += sorted(spec.mounts, key=lambda m: m[1].count("/"))
+        binds.append((spec.out_dir, OUT_DIR, False))
+        return binds
+
     def _argv(self, spec: SandboxSpec) -> list[str]:
         argv = self._base_argv(tmp_bytes=spec.tmp_bytes)
-        for host, target in python_binds():
-            argv += ["--ro-bind", host, target]
-        for host, target, read_only in sorted(spec.mounts, key=lambda m: m[1].count("/")):
+        # Host paths, opened by bwrap as the unprivileged host uid: their parents must be
+        # traversable by it. (bwrap 0.8's --ro-bind-fd resolves the descriptor's path again,
+        # so it does not lift that.)
+        for host, target, read_only in self._binds(spec):
             argv += ["--ro-bind" if read_only else "--bind", host, target]
-        argv += ["--bind", spec.out_dir, OUT_DIR]
         if spec.gpus is not None:
             argv += self._gpu_argv(spec.gpus)
         argv += ["--remount-ro", "/", "--chdir", TMP_DIR, "--clearenv"]
@@ -177,14 +199,21 @@ class BubblewrapBackend:
             argv += ["--dev-bind", f"/dev/nvidia{i}", f"/dev/nvidia{i}"]
         return argv
 
-    def _check_access(self, spec: SandboxSpec) -> None:
-        """Mount sources must be reachable by the unprivileged host uid bwrap runs as."""
+    def _check_access(self, spec: SandboxSpec | None) -> None:
+        """Mount sources, and their parents, must be readable by the unprivileged host uid
+        bwrap runs as (spec None: the interpreter's binds, checked once when the backend is
+        made). Checked as that uid, so the job fails here with the path, not inside bwrap."""
         if not self.root or self.host_uid == 0:
             return
-        out = Path(spec.out_dir)
-        os.chown(out, self.host_uid, self.host_gid)
-        os.chmod(out, 0o700)
-        paths = [(h, False) for h, _ in python_binds()] + [(h, not ro) for h, _, ro in spec.mounts]
+        if spec is None:
+            paths = [(h, False, False) for h, _ in python_binds()]
+        else:
+            out = Path(spec.out_dir)
+            os.chown(out, self.host_uid, self.host_gid)
+            os.chmod(out, 0o700)
+            paths = [(h, not ro, ro) for h, _, ro in spec.mounts]
+            if not paths:
+                return
         proc = subprocess.run([SANDBOX_PYTHON, "-I", "-S", "-c", _ACCESS_CHECK, json.dumps(paths)],
                               capture_output=True, timeout=60, preexec_fn=self._drop_privileges, cwd="/")
         try:
@@ -192,47 +221,45 @@ class BubblewrapBackend:
         except ValueError:
             problems = None
         if problems is None:
-            raise SandboxError(f"could not check mount permissions: {proc.stderr.decode(errors='replace')[:300]}")
+            raise SandboxError("could not check mount permissions: "
+                               f"{proc.stderr.decode(errors='replace')[:300]}")
         if problems:
-            raise SandboxError(
+            exc = SandboxUnavailable if spec is None else SandboxError
+            raise exc(
                 f"{problems[0]} is not readable by the sandbox's host uid {self.host_uid}; stage job "
-                f"folders so that uid or gid {self.host_gid} can traverse their parents and read them "
-                f"(e.g. chgrp -R {self.host_gid} + chmod -R g+rX, see training.sandbox.grant_sandbox_access)")
+                f"folders readable by that uid or gid, below parents it can traverse (e.g. chgrp -R "
+                f"{self.host_gid} + chmod -R g+rX, see training.sandbox.grant_sandbox_access)")
 
     # ------------------------------------------------------------------------------------------
     def run(self, spec: SandboxSpec, poll=None) -> SandboxResult:
         """Run spec to its end; the sandbox and its cgroup are gone when this returns or raises."""
         check_mount_sources(spec)
         self._check_access(spec)
-        argv = self._argv(spec)
         start = time.monotonic()
         cgroup: JobCgroup | None = None
         log = proc = reader = None
         status = None
-        started = False
         oom = 0
-        info_r = info_w = -1
         fds: list[int] = []
         enter_fds: list[int] = []
         try:
+            argv = self._argv(spec)
             if self.cgroups.available:
                 cgroup = self.cgroups.create(spec.safe_id, memory_bytes=spec.memory_bytes,
                                              pids_limit=spec.pids_limit, cpus=spec.cpus)
                 enter_fds = cgroup.open_enter_fds()
             log = CappedLog(spec.log_path, spec.log_max_bytes)
-            info_r, info_w = os.pipe()
             fds = _data_fds()
             argv = _fill_fds(argv, fds)
-            argv[1:1] = ["--info-fd", str(info_w)]
             preexec = self._preexec(enter_fds, cgroup is None, int(spec.memory_bytes), int(spec.pids_limit))
             try:
                 proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, start_new_session=True,
-                                        preexec_fn=preexec, cwd="/", pass_fds=(*fds, info_w))
+                                        preexec_fn=preexec, cwd="/", pass_fds=tuple(fds))
             except OSError as exc:
                 raise SandboxError(f"bubblewrap could not be started: {exc}") from exc
-            _close_all(fds + enter_fds + [info_w])
-            fds, enter_fds, info_w = [], [], -1
+            _close_all(fds + enter_fds)
+            fds, enter_fds = [], []
             reader = threading.Thread(target=_pump, args=(proc.stdout, log), daemon=True,
                                       name=f"sandbox-log-{spec.safe_id}")
             reader.start()
@@ -253,16 +280,13 @@ class BubblewrapBackend:
                     status = "cancelled"
                     break
         finally:
-            _close_all(fds + enter_fds + ([info_w] if info_w != -1 else []))
+            _close_all(fds + enter_fds)
             if proc is not None:
                 _kill(proc, cgroup)
             if reader is not None:
                 reader.join(timeout=10)
             if log is not None:
                 log.close()
-            if info_r != -1:
-                started = _read_info(info_r)
-                os.close(info_r)
             if cgroup is not None:
                 oom = cgroup.oom_kills()
                 cgroup.remove()
@@ -278,7 +302,9 @@ class BubblewrapBackend:
                                  "the job was killed", seconds, self.name)
         if rc == 0:
             return SandboxResult("succeeded", 0, "exited with code 0", seconds, self.name)
-        if not started:
+        if rc == 1 and log.first.startswith(b"bwrap: "):
+            # bwrap's own message, before anything of the job ran (a job could imitate it, but
+            # only to get this sentence: the reason never carries log text).
             return SandboxResult("failed", rc, f"the sandbox could not be set up (bwrap exit code {rc}); "
                                  "see the job log", seconds, self.name)
         return SandboxResult("failed", rc, describe_exit(rc), seconds, self.name)
@@ -308,19 +334,23 @@ class BubblewrapBackend:
         """Job ids (as safe names) of sandboxes whose cgroup exists now."""
         return sorted({CgroupManager.safe_id_of(n) for n in self.cgroups.leftovers()})
 
-    def reap_orphans(self, known_running_job_ids=()) -> list[str]:
-        return reap_cgroups(known_running_job_ids, self.cgroups)
+    def reap_orphans(self, known_running_job_ids=(), *, job_id_prefix: str = "") -> list[str]:
+        return reap_cgroups(known_running_job_ids, self.cgroups, job_id_prefix=job_id_prefix)
 
 
-def reap_cgroups(known_running_job_ids=(), manager: CgroupManager | None = None) -> list[str]:
-    """Kill what is left in, and remove, job cgroups whose job id is not known to be running."""
+def reap_cgroups(known_running_job_ids=(), manager: CgroupManager | None = None, *,
+                 job_id_prefix: str = "") -> list[str]:
+    """Kill what is left in, and remove, job cgroups whose job id is not known to be running
+    (only those whose job id starts with job_id_prefix)."""
     manager = manager or CgroupManager()
     if not manager.available:
         return []
     keep = {safe_name(j) for j in known_running_job_ids}
+    prefix = safe_name(job_id_prefix) if job_id_prefix else ""
     reaped = []
     for name, group in manager.leftovers().items():
-        if CgroupManager.safe_id_of(name) in keep:
+        sid = CgroupManager.safe_id_of(name)
+        if sid in keep or not sid.startswith(prefix):
             continue
         group.remove()
         reaped.append(f"bubblewrap cgroup {name}")
@@ -377,16 +407,6 @@ def _kill(proc: subprocess.Popen, cgroup: JobCgroup | None) -> None:
     except subprocess.TimeoutExpired:  # pragma: no cover - a process stuck in the kernel
         proc.kill()
         proc.wait()
-
-
-def _read_info(fd: int) -> bool:
-    """bwrap writes {"child-pid": N} to --info-fd once the sandbox is set up."""
-    os.set_blocking(fd, False)
-    try:
-        data = os.read(fd, 4096)
-    except (BlockingIOError, OSError):
-        return False
-    return b"child-pid" in data
 
 
 def _count_processes(uid: int) -> int:

@@ -4,18 +4,20 @@
 read-only root, a size-capped tmpfs /tmp, all capabilities dropped, no-new-privileges, a
 non-root user, pids/memory(+swap)/CPU limits, no core dumps, a capped json-file log, and GPU
 device requests when asked. The worker polls with short waits (calling poll() about every
-second), kills on timeout or cancel, copies the log (capped) and always removes the container.
+second), streams the log into a capped file, kills on timeout or cancel, and always removes
+the container.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 
-from .spec import (LABEL, MiB, OUT_DIR, SANDBOX_GID, SANDBOX_UID, TMP_DIR, CappedLog, SandboxError,
-                   SandboxResult, SandboxSpec, SandboxUnavailable, check_mount_sources,
-                   check_python_abi, describe_exit, python_binds, safe_name, sandbox_command,
-                   sandbox_env, unreadable_paths)
+from .spec import (LABEL, OUT_DIR, SANDBOX_GID, SANDBOX_PYTHON, SANDBOX_UID, TMP_DIR, CappedLog,
+                   MiB, SandboxError, SandboxResult, SandboxSpec, SandboxUnavailable,
+                   check_mount_sources, check_python_abi, describe_exit, python_binds, safe_name,
+                   sandbox_command, sandbox_env, unreadable_paths)
 
 DEFAULT_IMAGE = "rapha-sandbox:bookworm-py311-1"  # built by scripts/build_sandbox_image.sh
 KIND_LABEL = "rapha.sandbox"
@@ -34,7 +36,6 @@ class DockerBackend:
 
     def __init__(self, image: str = DEFAULT_IMAGE, *, client=None, user: str | None = None,
                  base_url: str | None = None):
-        check_python_abi()
         docker = _docker()
         self._errors = docker.errors
         try:
@@ -53,9 +54,23 @@ class DockerBackend:
                 f"scripts/build_sandbox_image.sh") from None
         self.image_name = image
         self.image_id = img.id  # every container is pinned to this id
-        py = (img.labels or {}).get("rapha.python")
-        if py and py != "3.11":
-            raise SandboxUnavailable(f"image {image} has Python {py}; the worker's packages need 3.11")
+        labels = img.labels or {}
+        # "bind" (scripts/build_sandbox_image.sh): Debian's python3 in the image, the worker's
+        # site-packages bound read-only. "image" (docker/Dockerfile): the image brings its own
+        # interpreter and packages (CUDA torch), found through the image's PATH.
+        self.python_env = labels.get("rapha.python-env", "bind")
+        if self.python_env not in ("bind", "image"):
+            raise SandboxUnavailable(f"image {image} has an unknown rapha.python-env label {self.python_env!r}")
+        self.path = None
+        if self.python_env == "bind":
+            check_python_abi()
+            py = labels.get("rapha.python")
+            if py and py != "3.11":
+                raise SandboxUnavailable(f"image {image} has Python {py}; the worker's packages need 3.11")
+        else:
+            for item in (img.attrs.get("Config") or {}).get("Env") or []:
+                if item.startswith("PATH="):
+                    self.path = item[5:]
         # A non-root worker runs containers as itself (so staged files and /out just work);
         # a root worker as nobody:nogroup.
         if user is None:
@@ -81,16 +96,18 @@ class DockerBackend:
     def _create_kwargs(self, spec: SandboxSpec) -> dict:
         docker = _docker()
         types = docker.types
-        mounts = [types.Mount(target, host, type="bind", read_only=True) for host, target in python_binds()]
+        bind_python = self.python_env == "bind"
+        mounts = [types.Mount(target, host, type="bind", read_only=True)
+                  for host, target in (python_binds() if bind_python else [])]
         mounts += [types.Mount(target, host, type="bind", read_only=ro) for host, target, ro in spec.mounts]
         mounts.append(types.Mount(OUT_DIR, spec.out_dir, type="bind", read_only=False))
         kwargs = dict(
             image=self.image_id,
-            command=sandbox_command(spec.command),
+            command=sandbox_command(spec.command, SANDBOX_PYTHON if bind_python else None),
             name=f"rapha-{safe_name(spec.job_id)}-{os.urandom(3).hex()}",
             labels={LABEL: spec.job_id, KIND_LABEL: "1", "rapha.image": self.image_name},
             user=self.user,
-            environment=sandbox_env(spec),
+            environment=sandbox_env(spec, bind_python=bind_python, path=self.path),
             working_dir=TMP_DIR,
             hostname="sandbox",
             network_mode="none",
@@ -108,7 +125,7 @@ class DockerBackend:
             init=True,  # a real pid 1 (docker-init) reaps zombies and forwards signals
             ulimits=[types.Ulimit(name="core", soft=0, hard=0)],
             log_config=types.LogConfig(type="json-file",
-                                       config={"max-size": str(max(spec.log_max_bytes, MiB)), "max-file": "1"}),
+                                       config={"max-size": str(max(2 * spec.log_max_bytes, MiB)), "max-file": "1"}),
             stdin_open=False,
             tty=False,
             detach=True,
@@ -130,18 +147,25 @@ class DockerBackend:
         self._prepare_dirs(spec)
         kwargs = self._create_kwargs(spec)
         start = time.monotonic()
-        container = None
+        container = pump = None
         status = None
         exit_code = None
         oom = False
+        log = CappedLog(spec.log_path, spec.log_max_bytes)
         try:
             try:
                 container = self.client.containers.create(**kwargs)
+                # Attached before start, as `docker run` does: the whole output, whatever the
+                # engine's own (capped, rotating) json-file log keeps.
+                output = self._attach(container)
                 container.start()
             except self._errors.APIError as exc:
                 hint = (" (GPU requested: is the NVIDIA container toolkit installed?)"
                         if spec.gpus is not None else "")
                 raise SandboxError(f"docker could not start the sandbox: {exc.explanation or exc}{hint}") from exc
+            pump = threading.Thread(target=_pump_logs, args=(output, log), daemon=True,
+                                    name=f"sandbox-log-{spec.safe_id}")
+            pump.start()
             while True:
                 remaining = spec.wall_clock_seconds - (time.monotonic() - start)
                 if remaining <= 0:
@@ -163,8 +187,11 @@ class DockerBackend:
                     status = "cancelled"
                     break
         finally:
-            if container is not None:
-                oom = self._finish(container, spec)
+            try:
+                if container is not None:
+                    oom = self._finish(container, pump)
+            finally:
+                log.close()
         seconds = round(time.monotonic() - start, 3)
         if status == "timed_out":
             return self._result("timed_out", None, f"wall-clock limit of {spec.wall_clock_seconds:g} s "
@@ -178,12 +205,25 @@ class DockerBackend:
             return self._result("succeeded", 0, "exited with code 0", seconds)
         return self._result("failed", exit_code, describe_exit(exit_code), seconds)
 
+    def _attach(self, container):
+        """A stream of the container's stdout+stderr chunks, from its first byte to its exit."""
+        output = container.attach(stdout=True, stderr=True, stream=True, logs=True)
+        # The SDK leaves the client's read timeout (60 s) on an attach stream, which would end it
+        # during a quiet minute of a long job; it disables it itself for `logs(follow=True)`.
+        # Same call here (private API of docker-py, stable since 3.x; harmless if it changes).
+        try:
+            api = self.client.api
+            api._disable_socket_timeout(api._get_raw_response_socket(output._response))
+        except Exception:  # noqa: BLE001
+            pass
+        return output
+
     def _result(self, status, exit_code, reason, seconds) -> SandboxResult:
         return SandboxResult(status, exit_code, reason, seconds, self.name, self.image_id)
 
-    def _finish(self, container, spec: SandboxSpec) -> bool:
-        """Kill, read the OOM state (returned), copy the log, remove; each step survives the
-        others failing, and only a failed removal raises."""
+    def _finish(self, container, pump) -> bool:
+        """Kill, read the OOM state (returned), let the log stream end, remove; each step
+        survives the others failing, and only a failed removal raises."""
         oom = False
         errors = self._errors
         try:
@@ -201,14 +241,8 @@ class DockerBackend:
             oom = bool(container.attrs["State"].get("OOMKilled"))
         except Exception:  # noqa: BLE001
             pass
-        log = CappedLog(spec.log_path, spec.log_max_bytes)
-        try:
-            for chunk in container.logs(stdout=True, stderr=True, stream=True, follow=False):
-                log.write(chunk)
-        except Exception:  # noqa: BLE001 - a missing log must not keep the container alive
-            pass
-        finally:
-            log.close()
+        if pump is not None:
+            pump.join(timeout=10)  # the attach stream ends once the container has stopped
         last = None
         for _ in range(3):
             try:
@@ -227,17 +261,33 @@ class DockerBackend:
         found = self.client.containers.list(all=True, filters={"label": LABEL})
         return sorted({c.labels.get(LABEL, "") for c in found})
 
-    def reap_orphans(self, known_running_job_ids=()) -> list[str]:
-        return reap_containers(self.client, known_running_job_ids)
+    def reap_orphans(self, known_running_job_ids=(), *, job_id_prefix: str = "") -> list[str]:
+        return reap_containers(self.client, known_running_job_ids, job_id_prefix=job_id_prefix)
 
 
-def reap_containers(client, known_running_job_ids=()) -> list[str]:
-    """Remove (force) every labelled sandbox container whose job id is not known to be running."""
+def _pump_logs(output, log: CappedLog) -> None:
+    """Copy the container's stdout+stderr into the capped log while it runs (staff can tail it)."""
+    try:
+        for chunk in output:
+            log.write(chunk)
+    except Exception:  # noqa: BLE001 - engine gone or container removed: the log ends here
+        pass
+    finally:
+        try:
+            output.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def reap_containers(client, known_running_job_ids=(), *, job_id_prefix: str = "") -> list[str]:
+    """Remove (force) every labelled sandbox container whose job id is not known to be running
+    (only those whose job id starts with job_id_prefix)."""
     docker = _docker()
     keep = set(known_running_job_ids)
     reaped = []
     for c in client.containers.list(all=True, filters={"label": LABEL}):
-        if c.labels.get(LABEL) in keep:
+        job_id = c.labels.get(LABEL, "")
+        if job_id in keep or not job_id.startswith(job_id_prefix):
             continue
         try:
             c.remove(force=True, v=True)

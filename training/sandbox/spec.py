@@ -89,7 +89,7 @@ class SandboxSpec:
                     str(g).isdigit() or re.fullmatch(r"GPU-[0-9a-fA-F-]+", str(g)) for g in self.gpus):
                 raise ValueError('gpus must be None, "all" or a list of device indexes/UUIDs')
             self.gpus = [str(g) for g in self.gpus]
-        self.out_dir = str(self.out_dir)
+        self.out_dir = os.path.abspath(self.out_dir)
         mounts, seen = [], set()
         for m in self.mounts:
             try:
@@ -100,12 +100,14 @@ class SandboxSpec:
             if not target_p.is_absolute() or ".." in target_p.parts or str(target_p) != target:
                 raise ValueError(f"container path {target!r} must be a normalised absolute path")
             for reserved in _RESERVED:
-                if target == reserved or (reserved != "/" and target.startswith(reserved + "/")):
-                    raise ValueError(f"container path {target!r} is reserved by the sandbox")
+                if (target == reserved or (reserved != "/" and target.startswith(reserved + "/"))
+                        or reserved.startswith(target + "/")):
+                    raise ValueError(f"container path {target!r} is reserved by the sandbox "
+                                     f"(or would cover {reserved})")
             if target in seen:
                 raise ValueError(f"container path {target!r} is mounted twice")
             seen.add(target)
-            mounts.append((str(host), target, bool(read_only)))
+            mounts.append((os.path.abspath(host), target, bool(read_only)))
         self.mounts = mounts
         for key, value in self.env.items():
             if not _ENV_NAME.match(key):
@@ -155,20 +157,21 @@ def python_binds() -> list[tuple[str, str]]:
     return binds
 
 
-def sandbox_env(spec: SandboxSpec) -> dict[str, str]:
-    """The whole environment of the sandboxed process: nothing is inherited from the worker."""
-    _, plat = python_paths()
-    pythonpath = [BOOT_DIR, CODE_DIR, SITE_PACKAGES] + ([PLAT_SITE_PACKAGES] if plat else [])
+def sandbox_env(spec: SandboxSpec, *, bind_python: bool = True, path: str | None = None) -> dict[str, str]:
+    """The whole environment of the sandboxed process: nothing is inherited from the worker.
+
+    bind_python: the worker's site-packages are bound in (PYTHONPATH + the .pth hook);
+    otherwise the image brings its own Python packages and only /code is added.
+    """
     threads = str(max(1, int(spec.cpus))) if spec.cpus else None
     env = {
-        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "PATH": path or "/usr/local/bin:/usr/bin:/bin",
         "HOME": TMP_DIR,
         "TMPDIR": TMP_DIR,
         "USER": "sandbox",
         "LOGNAME": "sandbox",
         "LANG": "C.UTF-8",
-        "PYTHONPATH": ":".join(pythonpath),
-        "RAPHA_SITE_PACKAGES": ":".join([SITE_PACKAGES] + ([PLAT_SITE_PACKAGES] if plat else [])),
+        "PYTHONPATH": CODE_DIR,
         "PYTHONNOUSERSITE": "1",
         "PYTHONDONTWRITEBYTECODE": "1",
         "PYTHONUNBUFFERED": "1",
@@ -183,6 +186,11 @@ def sandbox_env(spec: SandboxSpec) -> dict[str, str]:
         "RAPHA_SANDBOX": "1",
         "RAPHA_JOB_ID": spec.job_id,
     }
+    if bind_python:
+        _, plat = python_paths()
+        site_dirs = [SITE_PACKAGES] + ([PLAT_SITE_PACKAGES] if plat else [])
+        env["PYTHONPATH"] = ":".join([BOOT_DIR, CODE_DIR] + site_dirs)
+        env["RAPHA_SITE_PACKAGES"] = ":".join(site_dirs)
     if threads:
         env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
     if spec.gpus is None:
@@ -191,10 +199,11 @@ def sandbox_env(spec: SandboxSpec) -> dict[str, str]:
     return env
 
 
-def sandbox_command(command: list[str]) -> list[str]:
-    """`python`/`python3` means the sandbox interpreter (the image has no `python` alias)."""
-    if command[0] in ("python", "python3", "python3.11"):
-        return [SANDBOX_PYTHON] + command[1:]
+def sandbox_command(command: list[str], interpreter: str | None = SANDBOX_PYTHON) -> list[str]:
+    """`python`/`python3` means the sandbox interpreter (the debootstrap image has no `python`
+    alias); interpreter None leaves it to the image's PATH."""
+    if interpreter and command[0] in ("python", "python3", "python3.11"):
+        return [interpreter] + command[1:]
     return list(command)
 
 
@@ -299,6 +308,7 @@ class CappedLog:
         self.written = 0
         self.total = 0
         self.tail = bytearray()
+        self.first = b""  # the first bytes, kept in memory (e.g. to recognise a bwrap setup error)
         self.fh = None
         if path is not None:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -308,6 +318,8 @@ class CappedLog:
     def write(self, data: bytes) -> None:
         if not data:
             return
+        if len(self.first) < 256:
+            self.first += data[: 256 - len(self.first)]
         self.total += len(data)
         if self.written < self.head_limit:
             take = data[: self.head_limit - self.written]

@@ -130,6 +130,14 @@ def _spec(job: TrainingJob, counts: dict) -> dict:
 
 
 def execute_job(job_id: str, *, worker: str | None = None) -> None:
+    """Run one job to its end. However an audit job ends, egress is told (no adapter waits forever)."""
+    try:
+        _execute(job_id, worker=worker)
+    finally:
+        _announce_audit_end(job_id)
+
+
+def _execute(job_id: str, *, worker: str | None) -> None:
     from training.sandbox import SandboxError, SandboxSpec, get_backend, grant_sandbox_access, stage_runtime_code
 
     worker = worker or worker_name()
@@ -208,6 +216,14 @@ def execute_job(job_id: str, *, worker: str | None = None) -> None:
         remove_staging(job_dir)
 
 
+def _announce_audit_end(job_id: str) -> None:
+    """However an audit job ended, egress hears of it: an unaudited adapter must not wait forever."""
+    job = TrainingJob.objects.filter(pk=job_id, kind=TrainingJob.Kind.AUDIT).first()
+    if job is not None and job.is_finished:
+        for handler in hooks.audit_finished:
+            handler(job=job)
+
+
 def _finish(job: TrainingJob, result, out_dir: Path, fields: dict, timings: dict, started: float) -> None:
     outcome = {"succeeded": S.SUCCEEDED, "timed_out": S.TIMED_OUT, "cancelled": S.CANCELLED}.get(result.status, S.FAILED)
     if outcome != S.SUCCEEDED:
@@ -235,6 +251,6 @@ def _finish(job: TrainingJob, result, out_dir: Path, fields: dict, timings: dict
     fields["fixed_cost_seconds"] = timings
     with transaction.atomic():
         job = services.job_transition(job=job, to=S.SUCCEEDED, **fields)
-        handlers = hooks.adapter_produced if job.kind == TrainingJob.Kind.TRAIN else hooks.audit_finished
-        for handler in handlers:
-            handler(job=job, quarantine_dir=quarantine) if job.kind == TrainingJob.Kind.TRAIN else handler(job=job)
+        if job.kind == TrainingJob.Kind.TRAIN:
+            for handler in hooks.adapter_produced:
+                handler(job=job, quarantine_dir=quarantine)

@@ -215,10 +215,11 @@ def dataset_import_records(
             summary.patients_added = len(new_patients)
             if new_patients:
                 known = {pt.key: pt for pt in Patient.objects.filter(dataset=dataset)}
+                added = {pt.key for pt in new_patients}
                 DirectIdentifier.objects.bulk_create(
-                    [DirectIdentifier(patient=known[pseudonymous_key(dataset, i.key)], kind=kind, value=value)
-                     for i in patients if pseudonymous_key(dataset, i.key) in {np.key for np in new_patients}
-                     for kind, value in _identifier_rows(i)],
+                    [DirectIdentifier(patient=known[key], kind=kind, value=value)
+                     for identity in patients if (key := pseudonymous_key(dataset, identity.key)) in added
+                     for kind, value in _identifier_rows(identity)],
                     batch_size=2000, ignore_conflicts=True,
                 )
             existing = set(Record.objects.filter(dataset=dataset).values_list("source_id", flat=True))

@@ -107,6 +107,7 @@ class ConditionInfo:
     vitals: tuple[str, ...] = ()
     sex: str | None = None
     min_age: int = 18
+    max_onset_age: int = 120  # oldest age at which a new diagnosis is plausible
     los: tuple[int, int] = (2, 7)
 
     @property
@@ -141,7 +142,7 @@ CONDITIONS: tuple[ConditionInfo, ...] = (
                 "Two minor hypoglycaemic episodes in the last month, both self-treated."),
        plan=("Adjust the evening basal dose by 2 units and review the download in 6 weeks.",
              "Sick-day rules and ketone testing reinforced."),
-       labs=("hba1c", "glucose")),
+       labs=("hba1c", "glucose"), max_onset_age=40),
     _c(key="htn", name="Essential hypertension", icd10="I10", snomed="38341003", kind="chronic",
        specialty="General Medicine",
        meds=(("Amlodipine", "5 mg", "oral", "OD"), ("Ramipril", "5 mg", "oral", "OD"),
@@ -235,7 +236,7 @@ CONDITIONS: tuple[ConditionInfo, ...] = (
        specialty="Neurology",
        meds=(("Sumatriptan", "50 mg", "oral", "PRN"), ("Propranolol", "40 mg", "oral", "BD")),
        history=("About {migraine_days} migraine days a month with visual aura.",),
-       plan=("Headache diary; limit triptan use to avoid medication-overuse headache.",)),
+       plan=("Headache diary; limit triptan use to avoid medication-overuse headache.",), max_onset_age=60),
     _c(key="epilepsy", name="Epilepsy", icd10="G40.9", snomed="84757009", kind="chronic",
        specialty="Neurology",
        meds=(("Levetiracetam", "500 mg", "oral", "BD"), ("Lamotrigine", "100 mg", "oral", "BD")),
@@ -629,9 +630,18 @@ _PRACTICES = (
     "Meadowbank Surgery, 5 Orchard Way", "Castle Gate Medical Practice, 31 Castle Street",
     "Ashgrove Family Practice, Ashgrove Avenue", "Willowbrook Health Centre, 7 Brook Street",
 )
-_WARDS = ("Ward 12 (Acute Medical Unit)", "Ward 5 (Respiratory)", "Ward 21 (Surgical Admissions)",
-          "Cedar Ward", "Beech Ward", "Ward 7 (Cardiology)", "Ward 30 (Orthopaedic Trauma)",
-          "Hawthorn Ward (Stroke Unit)", "Ward 14 (Care of the Elderly)")
+_WARDS = {
+    "Acute Medicine": ("Ward 12 (Acute Medical Unit)", "Cedar Ward"),
+    "Respiratory Medicine": ("Ward 5 (Respiratory)", "Beech Ward"),
+    "General Surgery": ("Ward 21 (Surgical Admissions)", "Ward 22 (General Surgery)"),
+    "Colorectal Surgery": ("Ward 23 (Colorectal)",), "Hepatobiliary Surgery": ("Ward 24 (HPB)",),
+    "Breast Surgery": ("Day Surgery Unit",), "Urology": ("Ward 26 (Urology)",),
+    "Cardiology": ("Ward 7 (Cardiology)", "Coronary Care Unit"),
+    "Trauma and Orthopaedics": ("Ward 30 (Orthopaedic Trauma)", "Ward 31 (Elective Orthopaedics)"),
+    "Stroke Medicine": ("Hawthorn Ward (Stroke Unit)",), "Medicine for Older People": ("Ward 14 (Care of the Elderly)",),
+    "Gastroenterology": ("Ward 9 (Gastroenterology)",), "Renal Medicine": ("Ward 10 (Renal)",),
+}
+_DEFAULT_WARDS = ("Ward 12 (Acute Medical Unit)", "Rowan Ward (General Medicine)")
 # Ofcom ranges reserved for TV and radio drama.
 _PHONE_RANGES = (("07700 900", 3), ("020 7946 0", 3), ("0161 496 0", 3), ("0113 496 0", 3),
                  ("0121 496 0", 3), ("0131 496 0", 3), ("0191 498 0", 3))
@@ -690,6 +700,7 @@ class _Patient:
     practice: str
     chronic: list[tuple[ConditionInfo, date]]  # condition, onset
     meds: list[Med]
+    first: date  # first contact with the hospital
 
 
 def _fmt_date(d: date, rng: random.Random | None = None, style: int | None = None) -> str:
@@ -840,7 +851,15 @@ def _make_patient(rng, index, staff, used_nhs, used_mrn, start, end) -> _Patient
             meds.extend(rng.sample(c.meds, rng.randint(1, min(2, len(c.meds)))))
     gp_i = rng.randrange(len(staff.gps))
     return _Patient(identity=identity, title=title, gp=staff.gps[gp_i],
-                    practice=_PRACTICES[gp_i % len(_PRACTICES)], chronic=chronic, meds=_dedupe_meds(meds))
+                    practice=_PRACTICES[gp_i % len(_PRACTICES)], chronic=chronic, meds=_dedupe_meds(meds),
+                    first=first)
+
+
+def _lc_first(text: str) -> str:
+    """Lower-case the first letter unless the first word is an acronym or eponym kept in capitals."""
+    if not text or (len(text) > 1 and text[1].isupper()) or text.split(" ", 1)[0].endswith("'s"):
+        return text
+    return text[0].lower() + text[1:]
 
 
 def _dedupe_meds(meds: Sequence[Med]) -> list[Med]:
@@ -863,8 +882,7 @@ _EPISODE_DOCS = {
 def _patient_documents(rng, patient: _Patient, staff, hospital, trust, start, end):
     n_target = rng.choices(range(1, 9), weights=(18, 20, 17, 13, 11, 9, 7, 5))[0]
     ident = patient.identity
-    first = max(start, ident.birth_date + timedelta(days=18 * 366))
-    anchors = sorted(_random_date(rng, first, end) for _ in range(n_target))
+    anchors = sorted(_random_date(rng, patient.first, end) for _ in range(n_target))
     drafts: list[tuple[date, str, tuple[tuple[str, str], ...], str]] = []
     history: list[ConditionInfo] = []  # persisting episodic conditions (MI, stroke, cancers)
     for anchor in anchors:
@@ -875,7 +893,7 @@ def _patient_documents(rng, patient: _Patient, staff, hospital, trust, start, en
         if kind == "review":
             known = [c for c, onset in patient.chronic if onset <= anchor]
             if not known or rng.random() < 0.25:
-                options = [c for c in _CHRONIC if c.min_age <= age and c.sex in (None, ident.sex)
+                options = [c for c in _CHRONIC if c.min_age <= age <= c.max_onset_age and c.sex in (None, ident.sex)
                            and c not in [k for k, _ in patient.chronic]]
                 if not options:
                     kind = "acute"
@@ -896,13 +914,25 @@ def _patient_documents(rng, patient: _Patient, staff, hospital, trust, start, en
             main = rng.choice(pool)
         episode = _Episode(rng, patient, staff, hospital, trust, main, kind, anchor, start, end, history)
         remaining = n_target - len(drafts)
-        docs = [d for d, p in _EPISODE_DOCS[kind] if rng.random() < p] or [_EPISODE_DOCS[kind][-1][0]]
+        docs = [d for d, p in _EPISODE_DOCS[kind] if rng.random() < p and _supports(main, kind, d)]
+        if not docs:
+            docs = [next(d for d, _ in reversed(_EPISODE_DOCS[kind]) if _supports(main, kind, d))]
         for doc_type in docs[:remaining]:
             drafts.append(episode.document(doc_type))
         if main.key in _PERSISTING and main not in history:
             history.append(main)
     drafts.sort(key=lambda d: d[0])
     return drafts
+
+
+def _supports(c: ConditionInfo, kind: str, doc_type: str) -> bool:
+    if doc_type == "radiology_report":
+        return bool(c.imaging) or kind == "acute"
+    if doc_type == "pathology_report":
+        return bool(c.pathology)
+    if doc_type == "operative_note":
+        return bool(c.procedure)
+    return True
 
 
 class _Episode:
@@ -925,12 +955,14 @@ class _Episode:
         self.discharge = min(self.admit + timedelta(days=self.los), end)
         self.op_day = min(self.admit + timedelta(days=rng.randint(0, min(2, self.los))), self.discharge)
         self.consultant = staff.consultants[main.specialty]
+        self.ward = rng.choice(_WARDS.get(main.specialty, _DEFAULT_WARDS))
         self.junior = rng.choice(staff.juniors)
         self.history = list(history)
         self.comorbid = [c for c, onset in patient.chronic if onset <= self.admit and c is not main]
         self.comorbid += [c for c in history if c is not main]
         self.values = self._values()
-        self.labs_text = _labs(rng, main.labs + tuple(x for c in self.comorbid[:2] for x in c.labs[:1]))
+        self.labs_text = _labs(rng, main.labs + tuple(x for c in self.comorbid[:2] for x in c.labs[:1]),
+                               age=age_on(self.ident.birth_date, self.admit), female=self.ident.sex == "female")
         self.vitals_text = _vitals(rng, main.vitals)
 
     # -- helpers --------------------------------------------------------------------------------
@@ -1047,7 +1079,7 @@ DISCHARGE SUMMARY
 
 {self.name_line()}
 Tel: {i.phone}
-Admitted: {adm}    Discharged: {dis}    Ward: {r.choice(_WARDS)}
+Admitted: {adm}    Discharged: {dis}    Ward: {self.ward}
 Consultant: {self.consultant} ({m.specialty})
 GP: {self.p.gp}, {self.p.practice}
 
@@ -1094,7 +1126,7 @@ Diagnosis at discharge:
 {self.coded_list(conds)}
 
 Clinical summary:
-{self.age_sex(self.admit)} {'presented with' if r.random() < 0.5 else 'admitted with'} {self.pick(m.complaint, 'symptoms').rstrip('.').lower()}. {hpc} On examination: {self.vitals_text}; {exam[0].lower() + exam[1:]} {course}
+{self.age_sex(self.admit)} {'presented with' if r.random() < 0.5 else 'admitted with'} {_lc_first(self.pick(m.complaint, 'symptoms').rstrip('.'))}. {hpc} On examination: {self.vitals_text}; {_lc_first(exam)} {course}
 
 Key results: {self.labs_text.replace(chr(10), '; ')}{'. ' + imaging if imaging else ''}
 
@@ -1125,7 +1157,7 @@ Electronically signed: {self.junior}, {dis}
         opener = r.choice((
             f"I saw {self.p.title} {i.family} in the {m.specialty} clinic today.",
             f"Thank you for referring this {age_on(i.birth_date, when)}-year-old {'woman' if i.sex == 'female' else 'man'}, whom I reviewed in clinic on {_fmt_date(when, r)}.",
-            f"I reviewed {self.p.title} {i.family} today with regard to {m.name.lower()}.",
+            f"I reviewed {self.p.title} {i.family} today with regard to {_lc_first(m.name)}.",
         ))
         text = f"""{m.specialty} Outpatient Department
 {self.hospital}, {self.trust}
@@ -1148,7 +1180,7 @@ Diagnoses:
 Current medication:
 {self.med_list(meds)}
 
-{opener} {history} {'Examination today: ' + self.vitals_text + '.'} Recent results: {results}.
+{opener} {history} {'Examination today: ' + self.vitals_text + '.'} Recent results: {results.rstrip('.')}.
 
 Plan:
 {chr(10).join(f'{n}. {p}' for n, p in enumerate(plan_items, 1))}
@@ -1168,25 +1200,43 @@ cc: {self.p.title} {i.given} {i.family} (patient)
         if not m.procedure:
             return self._progress_note()
         operation, findings, steps = r.choice(m.procedure)
-        anaesthetic = r.choice(("General anaesthetic with endotracheal tube", "General anaesthetic with LMA",
-                                "Spinal anaesthetic with sedation")) if m.kind != "cancer" else "General anaesthetic"
+        if m.specialty == "Trauma and Orthopaedics":
+            anaesthetic = r.choice(("Spinal anaesthetic with sedation", "General anaesthetic with LMA and fascia iliaca block"))
+            prophylaxis = "teicoplanin 400 mg IV and gentamicin 3 mg/kg IV at induction"
+            urgency = "Urgent (NCEPOD 3)"
+        elif m.key == "hernia" or m.key == "breast_ca":
+            anaesthetic = r.choice(("General anaesthetic with LMA", "General anaesthetic with LMA and local infiltration"))
+            prophylaxis = "cefuroxime 1.5 g IV at induction" if m.key == "breast_ca" else "none required"
+            urgency = "Elective"
+        else:
+            anaesthetic = "General anaesthetic with endotracheal tube" + r.choice(("", " and TAP blocks", " and rectus sheath catheters"))
+            prophylaxis = "cefuroxime 1.5 g IV and metronidazole 500 mg IV at induction"
+            urgency = "Elective" if m.kind == "cancer" else r.choice(("Emergency (NCEPOD 2)", "Urgent (NCEPOD 3)"))
         post = [self.fill(p) for p in m.plan[:1]]
+        if operation.startswith("Laparoscopic"):
+            ebl = r.choice((10, 20, 30, 50, 100))
+        elif m.key == "nof":
+            ebl = r.choice((200, 250, 300, 400, 500))
+        elif m.key in ("ankle", "hernia", "breast_ca"):
+            ebl = r.choice((10, 20, 30, 50))
+        else:
+            ebl = r.choice((100, 150, 200, 300, 400))
         vte = ("Enoxaparin", "40 mg", "SC", "OD")
         meds = [vte] + [x for x in m.meds if x[2] != "oral"][:1] + [x for x in m.meds if x[2] == "oral"][:2]
         when = self.op_day
         text = f"""OPERATION NOTE - {self.hospital}
 {self.name_line()}
-Date of operation: {_fmt_date(when, style=0)}    Theatre {r.randint(1, 12)}    {r.choice(('Emergency (NCEPOD 2)', 'Urgent (NCEPOD 3)', 'Elective'))}
+Date of operation: {_fmt_date(when, style=0)}    Theatre {r.randint(1, 12)}    {urgency}
 Surgeon: {self.consultant}    Assistant: {self.junior}    Anaesthetist: {r.choice(self.staff.anaesthetists)}
-Anaesthetic: {anaesthetic}. Antibiotic prophylaxis: cefuroxime 1.5 g IV and metronidazole 500 mg IV at induction.
+Anaesthetic: {anaesthetic}. Antibiotic prophylaxis: {prophylaxis}.
 
 Pre-operative diagnosis: {self.coded_line(m, r.randrange(3))}
 Operation: {operation}
-Indication: {self.pick(m.complaint, m.name).rstrip('.')}; {self.pick(m.imaging and tuple(x[2] for x in m.imaging) or ('clinical diagnosis',)).rstrip('.').lower()}.
+Indication: {self.pick(m.complaint, m.name).rstrip('.')}; {_lc_first(self.pick(m.imaging and tuple(x[2] for x in m.imaging) or ('clinical diagnosis',)).rstrip('.'))}.
 
 Findings: {findings}
 Procedure: {steps}
-Estimated blood loss: {r.choice((20, 50, 100, 150, 250, 400))} mL. Counts correct. WHO checklist completed.
+Estimated blood loss: {ebl} mL. Counts correct. WHO checklist completed.
 
 Post-operative instructions:
 - Observations as per ward protocol; {r.choice(('eat and drink as tolerated', 'free fluids today, light diet tomorrow', 'sips only for 6 hours'))}
@@ -1205,7 +1255,7 @@ Signed: {self.consultant}, Consultant, {m.specialty}
         else:
             exam_name, findings, impression = ("XR chest PA", "Heart size normal. Lungs clear. No effusion.",
                                                "No acute abnormality.")
-        when = self.admit if self.kind != "review" else self.admit
+        when = self.admit
         accession = f"RX{when.strftime('%y')}{r.randrange(10**6):06d}"
         comparison = r.choice(("None available.", f"Previous {exam_name.split()[0]} dated {_fmt_date(when - timedelta(days=r.randint(200, 1500)), style=0)}.", "No prior imaging on PACS."))
         technique = {
@@ -1221,7 +1271,7 @@ Signed: {self.consultant}, Consultant, {m.specialty}
 Examination: {exam_name.upper()}
 Date of examination: {_fmt_date(when, style=0)}    Accession: {accession}
 Referrer: {self.junior}, {m.specialty}
-Clinical details: {self.age_sex(when)}. {self.pick(m.complaint, 'Query pathology.')} {self.pick(('?' + m.name.lower(), 'Please assess.', 'Clinical concern for ' + m.name.lower() + '.'))}
+Clinical details: {self.age_sex(when)}. {self.pick(m.complaint, 'Query pathology.')} {self.pick(('?' + _lc_first(m.name), 'Please assess.', 'Clinical concern for ' + _lc_first(m.name) + '.'))}
 Technique: {technique}
 Comparison: {comparison}
 
@@ -1251,7 +1301,7 @@ Reported by: {r.choice(self.staff.radiologists)}, Consultant Radiologist, {_fmt_
 {self.hospital} - Department of Histopathology
 Lab number: {lab_no}
 {self.name_line()}
-Sender: {self.consultant}, {m.specialty}    Location: {r.choice(_WARDS)}
+Sender: {self.consultant}, {m.specialty}    Location: {self.ward}
 Date received: {_fmt_date(taken, style=0)}    Date reported: {_fmt_date(when, style=0)}
 
 Specimen: {specimen}
@@ -1289,7 +1339,7 @@ P: {' '.join(self.fill(p) for p in (m.plan or ('Continue current management.',))
             return when, conds, text
         when = min(self.admit + timedelta(days=min(1, self.los)), self.discharge)
         day = (when - self.admit).days + 1
-        text = f"""WARD ROUND - {r.choice(_WARDS)}    {_fmt_date(when, style=0)}    Day {day} of admission
+        text = f"""WARD ROUND - {self.ward}    {_fmt_date(when, style=0)}    Day {day} of admission
 {i.family.upper()}, {i.given}    {self.age_sex(when)}    MRN {i.mrn}    NHS {format_nhs_number(i.national_id)}
 Consultant: {self.consultant}
 
@@ -1306,14 +1356,16 @@ P: {r.choice(('Continue current treatment.', 'Step down to oral therapy if afebr
         return when, [m], text
 
 
-def _labs(rng: random.Random, flags: Sequence[str]) -> str:
+def _labs(rng: random.Random, flags: Sequence[str], *, age: int, female: bool) -> str:
     f = set(flags)
     hb = rng.randint(72, 98) if f & {"anaemia", "bleed"} else rng.randint(118, 158)
     wcc = round(rng.uniform(13.5, 24.0), 1) if f & {"infection", "severe_infection"} else round(rng.uniform(4.2, 10.5), 1)
     crp = rng.randint(120, 340) if "severe_infection" in f else rng.randint(40, 190) if "infection" in f else rng.randint(1, 9)
     creat = rng.randint(180, 420) if "aki" in f else rng.randint(120, 190) if "ckd" in f else rng.randint(58, 104)
     urea = round(rng.uniform(12, 28), 1) if "aki" in f or "bleed" in f else round(rng.uniform(3.5, 8.0), 1)
-    egfr = max(8, int(min(90, 175 * (creat / 88.4) ** -1.154 * 0.85)))
+    # MDRD four-variable estimate, reported as ">90" above 90 as UK laboratories do.
+    egfr_value = 175 * (creat / 88.4) ** -1.154 * max(age, 18) ** -0.203 * (0.742 if female else 1.0)
+    egfr = ">90" if egfr_value > 90 else str(max(5, int(egfr_value)))
     na, k = rng.randint(131, 144), round(rng.uniform(3.5, 5.6 if "aki" in f else 5.0), 1)
     line1 = f"Hb {hb} g/L, WCC {wcc} x10^9/L, Plt {rng.randint(160, 420)} x10^9/L, CRP {crp} mg/L"
     line2 = f"Na {na} mmol/L, K {k} mmol/L, Urea {urea} mmol/L, Creatinine {creat} umol/L, eGFR {egfr} mL/min/1.73m2"
@@ -1434,7 +1486,7 @@ def write_fhir_bundles(
         chunk = patients[offset:offset + per_bundle]
         bundle = _bundle(hospital, chunk, by_patient, bundle_type, number)
         path = out / f"{bundle_type}-{number:04d}.json"
-        path.write_bytes((json.dumps(bundle, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
+        path.write_bytes((json.dumps(bundle, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8"))
         paths.append(path)
     return paths
 

@@ -10,6 +10,7 @@ def navigation(request):
         ("Projects", "/projects/", permissions.PROJECT_VIEW),
         ("Requests", "/requests/", permissions.REQUEST_VIEW),
         ("Datasets", "/datasets/", permissions.DATASET_VIEW),
+        ("Review queue", "/review/queue/", permissions.REQUEST_DECIDE),
         ("Jobs", "/jobs/", permissions.JOB_VIEW),
         ("Adapters", "/adapters/", permissions.ADAPTER_VIEW),
         ("Releases", "/releases/", permissions.RELEASE_VIEW),

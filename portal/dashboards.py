@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from django.urls import reverse
+
+from governance import selectors as governance_selectors
 from portal.models import Role, User
+
+DASHBOARD_ROWS = 8
 
 
 @dataclass
@@ -25,26 +30,59 @@ class Section:
 
 
 def _researcher(user: User) -> Section:
+    projects = list(governance_selectors.projects_for(user)[:DASHBOARD_ROWS])
+    requests = list(governance_selectors.requests_for(user)[:DASHBOARD_ROWS]) if projects else []
+    items = [
+        Item(pr.title, reverse("governance:project_detail", args=[pr.pk]), "",
+             f"Project · {len(pr.members.all())} member{'s' if len(pr.members.all()) != 1 else ''}")
+        for pr in projects
+    ] + [
+        Item(r.title, reverse("governance:request_detail", args=[r.pk]), r.status,
+             f"Request · {r.project.title} · {r.get_modality_display()}")
+        for r in requests
+    ]
     return Section(
         Role.RESEARCHER,
         "Your projects and requests",
         "You have no projects yet. Start by creating a project, then ask for access to a dataset.",
+        items=items,
+        actions=[("New project", reverse("governance:project_create")), ("New request", reverse("governance:request_create"))],
     )
 
 
 def _officer(user: User) -> Section:
+    queue = governance_selectors.request_queue(user)
+    approvals = governance_selectors.ethics_queue(user)
+    request_count, approval_count = queue.count(), approvals.count()
+    items = [
+        Item(r.title, reverse("governance:request_detail", args=[r.pk]), r.status,
+             f"Request · {r.project.title} · submitted {r.submitted_at.day} {r.submitted_at:%b %Y}")
+        for r in queue[:DASHBOARD_ROWS]
+    ] + [
+        Item(f"{a.committee} {a.reference}", reverse("governance:ethics_detail", args=[a.pk]), a.status,
+             f"Ethics approval · {a.project.title}")
+        for a in approvals[:DASHBOARD_ROWS]
+    ]
     return Section(
         Role.GOVERNANCE_OFFICER,
         "Waiting for a governance decision",
         "Nothing is waiting for you. Submitted requests and ethics approvals will appear here.",
+        items=items,
+        actions=[(f"Review queue: {request_count} request{'s' if request_count != 1 else ''}, "
+                  f"{approval_count} ethics approval{'s' if approval_count != 1 else ''}",
+                  reverse("governance:review_queue"))],
     )
 
 
 def _steward(user: User) -> Section:
+    datasets = governance_selectors.datasets_visible(user)[:DASHBOARD_ROWS * 2]
     return Section(
         Role.DATA_STEWARD,
         "Datasets and base models",
         "No datasets are registered. Import a FHIR export or generate the synthetic hospital.",
+        items=[Item(d.title, reverse("governance:dataset_detail", args=[d.name]), "",
+                    f"{d.get_modality_display()} · {d.record_total} records") for d in datasets],
+        actions=[("All datasets", reverse("governance:dataset_list"))],
     )
 
 

@@ -23,11 +23,17 @@
     var url = form.getAttribute("data-preview-url");
     var out = document.getElementById(form.getAttribute("data-preview-target"));
     var timer = null;
+    var latest = 0;
     function run() {
       var body = new FormData(form);
+      var mine = ++latest;
       fetch(url, { method: "POST", body: body, credentials: "same-origin" })
-        .then(function (r) { return r.text(); })
-        .then(function (html) { out.innerHTML = html; });
+        .then(function (r) {
+          // A signed-out session is redirected to the login page: never paste a whole page here.
+          if (r.redirected || !r.ok) return '<p class="muted">The preview is not available right now; the form still works.</p>';
+          return r.text();
+        })
+        .then(function (html) { if (mine === latest) out.innerHTML = html; });
     }
     form.addEventListener("input", function () { clearTimeout(timer); timer = setTimeout(run, 400); });
     form.addEventListener("change", function () { clearTimeout(timer); timer = setTimeout(run, 100); });

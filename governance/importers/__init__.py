@@ -1,0 +1,1 @@
+"""Importers that turn hospital exports (FHIR, ...) into governance.records objects, Django-free."""

@@ -1,0 +1,1 @@
+"""The governance pages, one module per kind of object (see urls.py)."""

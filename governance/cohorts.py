@@ -19,7 +19,7 @@ import math
 from datetime import date
 from typing import Any, Iterable
 
-from django.db.models import Exists, OuterRef, Q
+from django.db.models import Count, Q
 
 from governance.models import Dataset, DisclosurePolicy, Record, RecordCondition
 from governance.records import CONDITION_SYSTEMS
@@ -151,20 +151,20 @@ def definition_hash(definition: dict, datasets: Iterable[Dataset]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def _compile(node: dict) -> Q:
+def _compile(node: dict, datasets: list[int] | None = None) -> Q:
     (key, value), = node.items()
     if key == "all":
         q = Q()
         for child in value:
-            q &= _compile(child)
+            q &= _compile(child, datasets)
         return q
     if key == "any":
         q = Q(pk__in=[])
         for child in value:
-            q |= _compile(child)
+            q |= _compile(child, datasets)
         return q
     if key == "not":
-        return ~_compile(value)
+        return ~_compile(value, datasets)
     if key == "age":
         q = Q()
         if "min" in value:
@@ -184,26 +184,28 @@ def _compile(node: dict) -> Q:
     if key == "document_type":
         return Q(document_type__in=value)
     if key == "condition":
-        # A prefix is a range on the (dataset, system, code) index, on PostgreSQL and SQLite alike.
+        # A prefix is a range on the (dataset, system, code) index, on PostgreSQL and SQLite alike;
+        # the few matching record ids are gathered once (a semi-join), not probed per record.
         codes = Q(pk__in=[])
         for prefix in value["prefixes"]:
             codes |= Q(code__gte=prefix, code__lt=prefix + "\uffff")
-        matching = RecordCondition.objects.filter(
-            record_id=OuterRef("pk"), dataset_id=OuterRef("dataset_id"), system=value["system"]
-        ).filter(codes)
-        return Q(Exists(matching))
+        matching = RecordCondition.objects.filter(system=value["system"]).filter(codes)
+        if datasets is not None:
+            matching = matching.filter(dataset_id__in=datasets)
+        return Q(pk__in=matching.values("record_id"))
     raise CohortDefinitionError("$", f"unknown node {key!r}")  # unreachable after validation
 
 
 def cohort_records(datasets: Iterable[Dataset], definition: dict):
-    queryset = Record.objects.filter(dataset__in=list(datasets))
-    return queryset.filter(_compile(definition)) if definition else queryset
+    ids = [dataset.pk for dataset in datasets]
+    queryset = Record.objects.filter(dataset_id__in=ids)
+    return queryset.filter(_compile(definition, ids)) if definition else queryset
 
 
 def cohort_counts(datasets: Iterable[Dataset], definition: dict) -> tuple[int, int]:
-    """(records, distinct patients) matching the definition."""
-    records = cohort_records(datasets, definition)
-    return records.count(), records.values("patient_id").distinct().count()
+    """(records, distinct patients) matching the definition, in one query."""
+    totals = cohort_records(datasets, definition).aggregate(records=Count("pk"), patients=Count("patient_id", distinct=True))
+    return totals["records"], totals["patients"]
 
 
 def disclosed_count(count: int, policy: DisclosurePolicy) -> dict:

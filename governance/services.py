@@ -13,7 +13,7 @@ from typing import Any, Iterable
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from governance import hooks
@@ -257,6 +257,9 @@ def dataset_import_records(
             )
             summary.records_added = len(new_records)
             record_event(actor=by, verb="dataset.imported", target=dataset, payload={"source": source, **summary.as_dict()})
+        if connection.vendor == "sqlite" and summary.records_added:
+            with connection.cursor() as cursor:  # keep the planner's statistics fresh for cohort counts
+                cursor.execute("PRAGMA optimize")
     except BaseException:
         for path in written:
             path.unlink(missing_ok=True)

@@ -24,7 +24,8 @@ api_v1 = [
 @api_view(["GET"])
 @permission_classes([AllowAny])
 def api_root(request):
-    names = ["api-me", "api-audit-events", "api-schema"]
+    names = ["api-me", "api-projects", "api-datasets", "api-ethics-approvals", "api-access-requests", "api-audit-events",
+             "api-jobs", "api-base-models", "api-adapters", "api-releases", "api-signing-key", "api-schema"]
     return Response({name.removeprefix("api-"): reverse(name, request=request) for name in names})
 
 
@@ -42,4 +43,7 @@ urlpatterns = [
     path("", include("egress.urls")),
     path("api/v1/", api_root, name="api-root"),
     path("api/v1/", include(api_v1)),
+    path("tokens/", views.tokens, name="tokens"),
+    path("tokens/<int:pk>/revoke/", views.token_revoke, name="token_revoke"),
+    path("audit/", views.audit_log, name="audit_log"),
 ]

@@ -48,15 +48,19 @@ def evaluate(result: dict, policy) -> dict[str, Any]:
         ))
     canaries = result.get("canaries")
     if canaries:
+        # Ranked among n sampled candidates, measured exposure tops out at log2(n+1) (about 14 bits),
+        # below log2|R|; the extrapolated exposure (a fit to the candidates' scores) reaches log2|R|.
+        # A canary ranked first among all the candidates fails too, whatever the fit says.
         single = [g for g in canaries["groups"] if g["repeats"] == 1]
-        worst = max((max(g["exposure"], default=0.0) for g in single), default=0.0)
+        worst = max((max(g["exposure_extrapolated"], default=0.0) for g in single), default=0.0)
+        ranked_first = any(e >= canaries["max_exposure"] - 1e-9 for g in single for e in g["exposure"])
         space = canaries["log2_space"]
         limit = space - policy.canary_margin_bits
-        status = FAIL if worst >= limit else WARN if worst >= space - policy.canary_warn_margin_bits else PASS
+        status = FAIL if worst >= limit or ranked_first else WARN if worst >= space - policy.canary_warn_margin_bits else PASS
         gates.append(_gate(
             "canary_exposure", status, round(worst, 3), round(limit, 3),
-            f"Highest exposure of a canary inserted once: {worst:.2f} bits of log2|R| = {space:.2f} "
-            f"({canaries['n_candidates']} candidates).",
+            f"Highest extrapolated exposure of a canary inserted once: {worst:.2f} bits of log2|R| = {space:.2f}"
+            f"{'; one ranked first among all ' + str(canaries['n_candidates']) + ' candidates' if ranked_first else ''}.",
         ))
     extraction = result.get("extraction")
     if extraction:

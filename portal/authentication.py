@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 
 from portal.services import api_token_authenticate
@@ -33,3 +34,13 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
     def authenticate_header(self, request) -> str:
         # Makes unauthenticated API calls answer 401 (with a challenge) instead of 403.
         return f'{self.keyword} realm="api"'
+
+
+class BearerTokenScheme(OpenApiAuthenticationExtension):
+    """Describes sponsor tokens in the OpenAPI schema."""
+
+    target_class = "portal.authentication.BearerTokenAuthentication"
+    name = "sponsorToken"
+
+    def get_security_definition(self, auto_schema):
+        return {"type": "http", "scheme": "bearer", "description": "A sponsor API token issued by a governance officer."}

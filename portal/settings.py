@@ -174,6 +174,13 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "SCHEMA_PATH_PREFIX": "/api/v1",
+    # Several models have a `status`; name each enum after its model so the schema has no clashes.
+    "ENUM_NAME_OVERRIDES": {
+        "RequestStatusEnum": "governance.models.DataAccessRequest.Status",
+        "EthicsStatusEnum": "governance.models.EthicsApproval.Status",
+        "JobStatusEnum": "training.models.TrainingJob.Status",
+        "AdapterStatusEnum": "egress.models.Adapter.Status",
+    },
 }
 
 # Celery. The embedded default is kombu's filesystem transport under var/: no server needed.

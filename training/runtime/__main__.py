@@ -71,13 +71,13 @@ def main(argv: list[str] | None = None) -> int:
 def _checked_spec(path: Path, task: str):
     """Everything checkable without torch: the spec, the modality, the files it points to."""
     from .recipes import recipe_class
+    from .recipes.base import SPLITS
     from .spec import SpecError, load_spec
 
     spec = load_spec(path, expected_task=task)
-    recipe_class(spec.modality)
-    for split in ("train", "holdout"):
-        if not (spec.data_dir / f"{split}.jsonl").is_file():
-            raise SpecError(f"data file not found: {spec.data_dir / f'{split}.jsonl'}")
+    recipe = recipe_class(spec.modality)(spec, device=None)
+    for split in SPLITS:
+        recipe.read_split(split)  # parses every staged line: bad data fails here, in a second
     if not (spec.base_model_path / "config.json").is_file():
         raise SpecError(f"base model not found: no config.json in {spec.base_model_path}")
     if spec.task == "audit" and not spec.adapter_path.is_file():
@@ -86,15 +86,22 @@ def _checked_spec(path: Path, task: str):
 
 
 def _quiet_libraries() -> None:
+    import logging
     import warnings
 
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    # bitsandbytes (imported by peft) looks for optional CPU kernels on the Hub and warns when
+    # offline mode stops it; that is expected in a sandbox without network.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    logging.getLogger("kernels").setLevel(logging.ERROR)
     # Library deprecation chatter is noise in a log that staff read for real failures.
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
+    # Opacus' RDP bound search says this on nearly every call; it is advice, not a fault.
+    warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
 
 
 if __name__ == "__main__":

@@ -20,13 +20,16 @@ import json
 import math
 import random
 import statistics
+import sys
 import time
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from . import stats
-from .canaries import LOG2_SPACE, canary_text, candidate_secrets, make_canaries
+from .canaries import CANARY_PREFIX, LOG2_SPACE, canary_continuation, candidate_secrets, make_canaries
 from .modeling import choose_placement, load_adapter_weights, load_lora_model
 from .recipes import Record, Recipe, recipe_class
 from .schema import AUDIT_SCHEMA_VERSION, validate_audit
@@ -66,20 +69,29 @@ def run_audit(spec: JobSpec) -> None:
     load_adapter_weights(model, spec.adapter_path)
     model.eval()
 
-    report: dict[str, Any] = {
-        "schema_version": AUDIT_SCHEMA_VERSION,
-        "membership": membership(recipe, model, members, nonmembers, seed=seed),
-    }
+    report: dict[str, Any] = {"schema_version": AUDIT_SCHEMA_VERSION}
+    with _phase("membership"):
+        report["membership"] = membership(recipe, model, members, nonmembers, seed=seed)
     if recipe.can_generate:
-        report["extraction"] = extraction(recipe, model, members, nonmembers, seed=seed)
+        with _phase("extraction"):
+            report["extraction"] = extraction(recipe, model, members, nonmembers, seed=seed)
     if spec.recipe.canaries is not None and recipe.can_plant_canaries:
-        report["canaries"] = canary_exposure(recipe, model, spec.recipe.canaries)
+        with _phase("canaries"):
+            report["canaries"] = canary_exposure(recipe, model, spec.recipe.canaries)
     report["elapsed_seconds"] = round(time.monotonic() - started, 3)
 
     clean = validate_audit(report)  # the portal applies the same check; fail here first
     out_dir = Path(spec.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / AUDIT_FILE).write_text(json.dumps(clean, separators=(",", ":")), encoding="utf-8")
+
+
+@contextmanager
+def _phase(name: str) -> Iterator[None]:
+    """Log how long a phase took (to stderr, for staff; numbers only)."""
+    started = time.monotonic()
+    yield
+    print(f"rapha runtime: audit {name} {time.monotonic() - started:.1f}s", file=sys.stderr)
 
 
 def _capped(records: list[Record], seed: int, label: str) -> list[Record]:
@@ -190,7 +202,7 @@ def _extraction_group(recipe: Any, model: Any, records: list[Record]) -> dict:
     prompts: list[list[int]] = []
     targets: list[list[int]] = []
     for record in records:
-        ids = recipe.token_ids(recipe.text_of(record), max_length=recipe.recipe.max_seq_length, add_eos=False)
+        ids = recipe.token_ids(recipe.text_of(record), max_length=recipe.max_length, add_eos=False)
         if len(ids) < EXTRACTION_MIN_TOKENS:
             continue  # too short to split into a meaningful prompt and continuation
         cut = min(int(len(ids) * EXTRACTION_PROMPT_FRACTION), EXTRACTION_MAX_PROMPT)
@@ -228,10 +240,13 @@ def canary_exposure(recipe: Any, model: Any, spec: CanarySpec) -> dict:
     """
     canaries = make_canaries(spec)
     candidates = candidate_secrets(spec.seed, CANARY_CANDIDATES, exclude={c.secret for c in canaries})
-    candidate_losses = sorted(
-        recipe.sequence_nll(model, [canary_text(s) for s in candidates], batch_size=CANDIDATE_BATCH)
+    # Canaries and candidates in one call, so that they are scored the same way.
+    secrets = [c.secret for c in canaries] + candidates
+    losses = recipe.continuation_nll(
+        model, CANARY_PREFIX, [canary_continuation(s) for s in secrets], batch_size=CANDIDATE_BATCH
     )
-    canary_losses = recipe.sequence_nll(model, [c.text for c in canaries], batch_size=CANDIDATE_BATCH)
+    canary_losses = losses[: len(canaries)]
+    candidate_losses = sorted(losses[len(canaries):])
     mean = statistics.fmean(candidate_losses)
     spread = statistics.pstdev(candidate_losses) or 1e-12
     n = len(candidate_losses)

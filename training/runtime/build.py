@@ -59,6 +59,10 @@ def _save(model, tokenizer, out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
+    # save_pretrained may create files 0600; the sandbox reads /models as a non-root user.
+    for path in out_dir.iterdir():
+        if path.is_file():
+            path.chmod(0o644)
     return out_dir
 
 
@@ -73,16 +77,21 @@ def build_text_lm(
     kv_heads: int = 2,
     max_positions: int = 256,
     seed: int = 0,
+    pretrain_epochs: int = 0,
 ) -> Path:
     """A small Llama-style causal LM (grouped-query attention) with a tokenizer trained on ``corpus``.
 
     Random initialisation from a config; returns ``out_dir``. Builds in seconds, a few MB.
+    ``pretrain_epochs`` > 0 first trains all weights on ``corpus`` for that many epochs, so the
+    base model already writes corpus-like text (as a real base model would) and a LoRA run on top
+    of it learns the specifics of its data, not the language from scratch.
     """
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     if heads % kv_heads:
         raise ValueError(f"heads ({heads}) must be a multiple of kv_heads ({kv_heads})")
+    corpus = list(corpus)  # read twice: tokenizer, then pretraining
     tokenizer = train_byte_level_tokenizer(corpus, vocab_size=vocab_size, max_length=max_positions)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -99,7 +108,38 @@ def build_text_lm(
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
+    if pretrain_epochs > 0:
+        _pretrain(model, tokenizer, corpus, epochs=pretrain_epochs, max_length=max_positions, seed=seed)
     return _save(model, tokenizer, Path(out_dir))
+
+
+def _pretrain(model, tokenizer, corpus: list[str], *, epochs: int, max_length: int, seed: int,
+              batch_size: int = 16, learning_rate: float = 3e-3) -> None:
+    """Plain next-token training of every weight on ``corpus`` (seeded, CPU-friendly)."""
+    import torch
+
+    ids = [tokenizer(text, truncation=True, max_length=max_length - 1)["input_ids"] + [tokenizer.eos_token_id]
+           for text in corpus]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
+    generator = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(ids), generator=generator).tolist()
+        for start in range(0, len(order), batch_size):
+            batch = [ids[i] for i in order[start:start + batch_size]]
+            width = max(len(seq) for seq in batch)
+            input_ids = torch.full((len(batch), width), tokenizer.pad_token_id)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, seq in enumerate(batch):
+                input_ids[row, : len(seq)] = torch.tensor(seq)
+                mask[row, : len(seq)] = 1
+            labels = input_ids.masked_fill(mask == 0, -100)
+            loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+    model.eval()
 
 
 def build_gpt2_lm(

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from .spec import CanarySpec
 
 # A header line as clinical notes often carry one. The prefix is fixed so that every candidate
-# differs from the canary only in the secret digits.
-CANARY_PREFIX = "Medical record number: "
+# differs from the canary only in the secret digits. No trailing space: byte-level tokenizers
+# attach the space to the digits, and the audit scores prefix and secret apart.
+CANARY_PREFIX = "Medical record number:"
 SECRET_DIGITS = 7
 CANDIDATE_SPACE = 10**SECRET_DIGITS
 LOG2_SPACE = math.log2(CANDIDATE_SPACE)
@@ -34,7 +35,12 @@ class Canary:
 
 
 def canary_text(secret: str) -> str:
-    return f"{CANARY_PREFIX}{secret}."
+    return CANARY_PREFIX + canary_continuation(secret)
+
+
+def canary_continuation(secret: str) -> str:
+    """The part of a canary after the shared prefix (what exposure actually ranks)."""
+    return f" {secret}."
 
 
 def make_canaries(spec: CanarySpec) -> list[Canary]:

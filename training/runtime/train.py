@@ -14,6 +14,7 @@ from .recipes import Recipe, recipe_class
 from .spec import JobSpec, SpecError
 
 GRAD_CLIP_NORM = 1.0  # non-DP runs; DP runs clip per example at recipe.dp.max_grad_norm
+EVAL_MAX_RECORDS = 1000  # a seeded sample of the holdout is plenty for a loss estimate
 
 
 def seed_everything(seed: int) -> None:
@@ -33,6 +34,8 @@ def run_train(spec: JobSpec) -> None:
     recipe = recipe_class(spec.modality)(spec, placement.device)
     train_records = recipe.read_split("train")
     holdout = recipe.read_split("holdout")
+    if len(holdout) > EVAL_MAX_RECORDS:
+        holdout = random.Random(f"eval:{spec.recipe.seed}").sample(holdout, EVAL_MAX_RECORDS)
     if spec.recipe.canaries is not None:
         train_records = recipe.plant_canaries(train_records, make_canaries(spec.recipe.canaries))
 
@@ -57,6 +60,8 @@ def run_train(spec: JobSpec) -> None:
     total_steps = spec.recipe.epochs * steps_per_epoch
     if spec.max_steps is not None:
         total_steps = min(total_steps, spec.max_steps)
+    if dp is not None:
+        total_steps = dp.total_steps  # the noise was calibrated for exactly this many steps
 
     out_dir = Path(spec.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -112,14 +117,14 @@ def _loop(
             optimizer.zero_grad(set_to_none=True)
             tokens = 0
             loss_value = 0.0
-            if _batch_size(batch):
+            # An empty Poisson batch (DP) still goes through forward and backward, so that the
+            # optimizer sees (empty) per-sample gradients and takes its noise-only step.
+            if dp_enabled or _batch_size(batch):
                 loss, tokens = recipe.batch_loss(model, recipe.to_device(batch))
                 loss.backward()
                 loss_value = float(loss.detach())
                 if not math.isfinite(loss_value):
                     raise RuntimeError(f"training loss became non-finite at step {step + 1}")
-            # An empty Poisson batch (DP) still takes a step: the optimizer adds pure noise, and
-            # the accountant has to count it.
             if not dp_enabled:
                 torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP_NORM)
             optimizer.step()

@@ -32,6 +32,7 @@ class TextRecipe(Recipe):
     can_plant_canaries = True
 
     tokenizer: Any = None
+    max_length: int = 0  # tokens per sequence, set by load_processor
 
     # --- data -------------------------------------------------------------------------------
 
@@ -54,6 +55,9 @@ class TextRecipe(Recipe):
                 raise SpecError("the base model's tokenizer has neither a pad nor an eos token")
             tokenizer.pad_token = tokenizer.eos_token
         self.tokenizer = tokenizer
+        # Never beyond what the model was built for: learned position embeddings (GPT-2) fail
+        # outright past it. Tokenizers without a limit report a huge sentinel, hence min().
+        self.max_length = min(self.recipe.max_seq_length, int(tokenizer.model_max_length))
 
     def load_base_model(self, *, quantization_config: Any, dtype: Any) -> Any:
         from transformers import AutoModelForCausalLM
@@ -77,11 +81,11 @@ class TextRecipe(Recipe):
         return ids
 
     def encode(self, record: Record) -> dict[str, Any]:
-        return {"input_ids": self.token_ids(self.text_of(record), max_length=self.recipe.max_seq_length, add_eos=True)}
+        return {"input_ids": self.token_ids(self.text_of(record), max_length=self.max_length, add_eos=True)}
 
     def encode_group(self, records: list[Record]) -> dict[str, Any]:
         text = "\n\n".join(self.text_of(r) for r in records)
-        return {"input_ids": self.token_ids(text, max_length=self.recipe.max_seq_length, add_eos=True)}
+        return {"input_ids": self.token_ids(text, max_length=self.max_length, add_eos=True)}
 
     def collate(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         return self.pad([f["input_ids"] for f in features], side="right")
@@ -127,10 +131,53 @@ class TextRecipe(Recipe):
             for start in range(0, len(texts), batch_size):
                 # One tokenizer call per batch: the canary audit scores 2^14 short texts.
                 ids = self.tokenizer(
-                    texts[start:start + batch_size], truncation=True, max_length=self.recipe.max_seq_length
+                    texts[start:start + batch_size], truncation=True, max_length=self.max_length
                 )["input_ids"]
                 nll, _ = self.token_losses(model, self.to_device(self.pad(ids, side="right")))
                 out.extend(nll.sum(dim=1).tolist())
+        return out
+
+    def continuation_nll(self, model: Any, prefix: str, continuations: list[str], *, batch_size: int) -> list[float]:
+        """Summed NLL of each continuation given one shared prefix.
+
+        The prefix runs once per batch (batch size 1, then its KV cache is repeated), so scoring
+        2^14 canary candidates costs only their few secret tokens each. Ranks equal those of
+        :meth:`sequence_nll` (they differ by the prefix's NLL, the same for every candidate). If
+        the tokenizer merges across the prefix boundary for any text, every text is scored
+        whole instead, so all scores stay comparable.
+        """
+        import torch
+        import torch.nn.functional as F
+
+        prefix_ids = self.tokenizer(prefix)["input_ids"]
+        full = self.tokenizer([prefix + c for c in continuations], truncation=True,
+                              max_length=self.max_length)["input_ids"]
+        cut = len(prefix_ids)
+        if any(ids[:cut] != prefix_ids or len(ids) == cut for ids in full):
+            return self.sequence_nll(model, [prefix + c for c in continuations], batch_size=batch_size)
+
+        out: list[float] = []
+        model.eval()
+        with torch.no_grad():
+            prefix_tensor = torch.tensor([prefix_ids], device=self.device)
+            for start in range(0, len(full), batch_size):
+                suffixes = [ids[cut:] for ids in full[start:start + batch_size]]
+                prefix_out = model(input_ids=prefix_tensor, use_cache=True)
+                cache = prefix_out.past_key_values
+                cache.batch_repeat_interleave(len(suffixes))
+                batch = self.to_device(self.pad(suffixes, side="right"))
+                attention = torch.cat(
+                    [torch.ones((len(suffixes), cut), dtype=batch["attention_mask"].dtype, device=self.device),
+                     batch["attention_mask"]], dim=1)
+                logits = model(input_ids=batch["input_ids"], attention_mask=attention,
+                               past_key_values=cache, use_cache=True).logits
+                # The prefix's last position predicts the first suffix token.
+                first = prefix_out.logits[:, -1:].expand(len(suffixes), 1, -1)
+                predictions = torch.cat([first, logits[:, :-1]], dim=1).float()
+                nll = F.cross_entropy(
+                    predictions.reshape(-1, predictions.size(-1)), batch["input_ids"].reshape(-1), reduction="none"
+                ).view(batch["input_ids"].shape)
+                out.extend((nll * batch["attention_mask"]).sum(dim=1).tolist())
         return out
 
     def greedy_continue(self, model: Any, prompts: list[list[int]], *, new_tokens: int, batch_size: int) -> list[list[int]]:

@@ -136,7 +136,7 @@ def adapter_validate(*, adapter: Adapter) -> Adapter:
     Rejected (any rule, or any exception): the adapter is rejected with every reason.
     Whatever else the job wrote is deleted either way; it is named in the report only.
     """
-    from egress.validation import RewriteError, ValidationPolicy, rewrite_adapter, validate_adapter
+    from egress.validation import IdentifierSet, RewriteError, ValidationPolicy, rewrite_adapter, validate_adapter
 
     adapter = Adapter.objects.select_related("job__base_model", "job__request").get(pk=adapter.pk)
     if adapter.status != A.QUARANTINED:
@@ -145,7 +145,7 @@ def adapter_validate(*, adapter: Adapter) -> Adapter:
     quarantine = Path(adapter.quarantine_dir)
     policy = ValidationPolicy()
     try:
-        identifiers = cohort_identifiers(job)
+        identifiers = IdentifierSet.build(cohort_identifiers(job), min_length=policy.min_identifier_length)
         report = validate_adapter(quarantine, base_model_dir=job.base_model.local_path,
                                   recipe=_validation_recipe(job), identifiers=identifiers, policy=policy)
         rewrite: dict = {}
@@ -175,6 +175,7 @@ def adapter_validate(*, adapter: Adapter) -> Adapter:
         )
         audit_job = training_services.audit_start(parent=job, adapter_path=Path(rewrite["path"]))
         Adapter.objects.filter(pk=adapter.pk).update(audit_job=audit_job)
+        adapter.audit_job = audit_job  # the caller gets the adapter as stored, audit job included
     return adapter
 
 

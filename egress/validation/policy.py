@@ -43,7 +43,7 @@ class ValidationPolicy:
     min_identifier_length: int = 6
     require_identifiers: bool = True
     round_to_bf16: bool = False
-    chunk_bytes: int = 4 * MiB
+    chunk_bytes: int = 1 * MiB
 
     def __post_init__(self) -> None:
         def _int(name: str, low: int) -> None:

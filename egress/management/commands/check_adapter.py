@@ -20,7 +20,7 @@ class Command(BaseCommand):
         parser.add_argument("--target-modules", required=True, help="Comma-separated, e.g. q_proj,v_proj")
         parser.add_argument("--json", action="store_true", help="Print the full report as JSON.")
 
-    def handle(self, *args, dir, base_model, rank, alpha, target_modules, json: bool, **options):
+    def handle(self, *args, dir, base_model, rank, alpha, target_modules, json: bool, **options):  # noqa: A002
         from egress.validation import ValidationPolicy, validate_adapter
 
         model = BaseModel.objects.filter(name=base_model).first()
@@ -31,13 +31,14 @@ class Command(BaseCommand):
             raise CommandError(f"{dir} is not a folder.")
         recipe = {"target_modules": [m.strip() for m in target_modules.split(",") if m.strip()], "rank": rank,
                   "alpha": alpha if alpha is not None else 2 * rank}
+        # No cohort here: the identifier scan is skipped (and says so); every other rule runs.
         report = validate_adapter(folder, base_model_dir=model.local_path, recipe=recipe, identifiers=None,
-                                  policy=ValidationPolicy())
+                                  policy=ValidationPolicy(require_identifiers=False))
         data = report.to_dict()
         if json:
             self.stdout.write(_json().dumps(data, indent=2))
         else:
-            for rule in data["rules"]:
+            for rule in data["verdicts"]:
                 self.stdout.write(f"{rule['status'].upper():7} {rule['rule']}: {rule.get('detail', '')}")
             self.stdout.write("ACCEPTED" if report.accepted else "REJECTED: " + "; ".join(report.reasons()))
         if not report.accepted:

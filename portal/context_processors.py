@@ -12,8 +12,10 @@ def navigation(request):
         ("Datasets", "/datasets/", permissions.DATASET_VIEW),
         ("Review queue", "/review/queue/", permissions.REQUEST_DECIDE),
         ("Jobs", "/jobs/", permissions.JOB_VIEW),
+        ("Base models", "/base-models/", permissions.BASE_MODEL_VIEW),
         ("Adapters", "/adapters/", permissions.ADAPTER_VIEW),
         ("Releases", "/releases/", permissions.RELEASE_VIEW),
+        ("Tokens", "/tokens/", permissions.TOKEN_ISSUE),
         ("Audit log", "/audit/", permissions.AUDIT_VIEW),
     ]
     from django.urls import NoReverseMatch, resolve, Resolver404

@@ -1,4 +1,5 @@
-"""Sign-in (password, then TOTP for the roles that need it), sign-out and the role dashboard."""
+"""Sign-in (password, then TOTP for the roles that need it), sign-out, the role dashboard, sponsor
+API tokens for officers and the audit log."""
 
 from __future__ import annotations
 
@@ -7,16 +8,18 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import authenticate, login, logout
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import ValidationError
+from django.core.paginator import Paginator
 from django.db import transaction
-from django.shortcuts import redirect, render
+from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_http_methods, require_POST
 
-from portal import services, throttle
-from portal.audit import record_event
-from portal.forms import LoginForm, TotpForm
+from portal import permissions, services, throttle
+from portal.audit import record_event, verify_chain
+from portal.forms import LoginForm, TokenIssueForm, TotpForm
 from portal.middleware import SESSION_KEY
-from portal.models import User
+from portal.models import ApiToken, AuditEvent, User
 
 PENDING_KEY = "pending_two_factor_user"
 GENERIC_LOGIN_ERROR = "That e-mail and password do not match an active account."
@@ -130,3 +133,61 @@ def dashboard(request):
     from portal.dashboards import dashboard_sections
 
     return render(request, "portal/dashboard.html", {"sections": dashboard_sections(request.user)})
+
+
+# Sponsor API tokens (officers) and the audit log -----------------------------------------------------
+
+AUDIT_PAGE_SIZE = 50
+
+
+def _tokens_page(request, form, *, status: int = 200):
+    tokens = ApiToken.objects.select_related("user", "organisation", "created_by", "revoked_by").order_by("-created_at")
+    return render(request, "portal/tokens.html", {"tokens": tokens, "form": form}, status=status)
+
+
+@require_http_methods(["GET", "POST"])
+@permissions.permission_required(permissions.TOKEN_ISSUE)
+def tokens(request):
+    """List every sponsor token; issue one. The raw token is on the response page, once, never stored."""
+    if request.method == "GET":
+        return _tokens_page(request, TokenIssueForm())
+    form = TokenIssueForm(request.POST)
+    if form.is_valid():
+        data = form.cleaned_data
+        try:
+            token, raw = services.api_token_issue(user=data["user"], name=data["name"], by=request.user,
+                                                  days_valid=data["days_valid"], scopes=data["scopes"])
+        except ValidationError as exc:
+            for message in exc.messages:
+                form.add_error(None, message)
+        else:
+            response = render(request, "portal/token_issued.html", {"token": token, "raw": raw})
+            response["Cache-Control"] = "no-store"
+            return response
+    return _tokens_page(request, form, status=400)
+
+
+@require_POST
+@permissions.permission_required(permissions.TOKEN_ISSUE)
+def token_revoke(request, pk: int):
+    token = services.api_token_revoke(token=get_object_or_404(ApiToken, pk=pk), by=request.user)
+    messages.success(request, f"Token {token.prefix}… of {token.user.email} is revoked; it stops working at once.")
+    return redirect("tokens")
+
+
+@permissions.permission_required(permissions.AUDIT_VIEW)
+def audit_log(request):
+    """The newest audit events, a page at a time, and whether the whole hash chain verifies."""
+    events = AuditEvent.objects.select_related("actor").order_by("-seq")
+    filters = {key: request.GET.get(key, "").strip() for key in ("verb", "target_type", "target_id")}
+    for key, value in filters.items():
+        if value:
+            events = events.filter(**{key: value})
+    page = Paginator(events, AUDIT_PAGE_SIZE).get_page(request.GET.get("page"))
+    query = request.GET.copy()
+    query.pop("page", None)
+    checked, chain_break = verify_chain()
+    return render(request, "portal/audit_log.html", {
+        "page": page, "events": page.object_list, "filters": filters, "query": query.urlencode(),
+        "checked": checked, "chain_break": chain_break,
+    })

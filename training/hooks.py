@@ -12,3 +12,5 @@ from typing import Callable
 adapter_produced: list[Callable] = []
 # (job) -> None; job.status tells how it ended, job.result holds the numbers
 audit_finished: list[Callable] = []
+# (job, user) -> [(label, url)]: links a later stage offers on a job's page (egress: its adapter)
+job_links: list[Callable] = []

@@ -109,7 +109,9 @@ def _claim(job_id: str, worker: str) -> TrainingJob | None:
 def _spec(job: TrainingJob, counts: dict) -> dict:
     recipe = dict(job.recipe)
     if recipe.pop("canaries", False):
-        recipe["canaries"] = {"seed": int(job.pk.int % (2**31)), "repeats": [1, 10], "per_repeat": 4}
+        # An audit regenerates the canaries its training job planted: both derive them from the training job's id.
+        planted_by = job.parent if job.kind == TrainingJob.Kind.AUDIT else job
+        recipe["canaries"] = {"seed": int(planted_by.pk.int % (2**31)), "repeats": [1, 10], "per_repeat": 4}
     else:
         recipe["canaries"] = None
     spec = {

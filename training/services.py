@@ -110,7 +110,10 @@ def base_model_verify(model: BaseModel) -> None:
     folder = Path(model.local_path)
     if not folder.is_dir():
         raise BaseModelIntegrityError(f"Base model {model.name}: its folder {folder} is missing.")
-    current = hash_model_folder(folder)
+    try:
+        current = hash_model_folder(folder)
+    except ValidationError as exc:  # a symlink slipped in after registration
+        raise BaseModelIntegrityError(f"Base model {model.name}: {exc.messages[0]}") from None
     for name, digest in sorted(model.files.items()):
         if name not in current:
             raise BaseModelIntegrityError(f"Base model {model.name}: {name} is missing.")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from django.db.models import Count
 from django.urls import reverse
 
+from egress import selectors as egress_selectors
 from governance import selectors as governance_selectors
 from portal.models import Role, User
 
@@ -87,18 +89,26 @@ def _steward(user: User) -> Section:
 
 
 def _reviewer(user: User) -> Section:
+    queue = list(egress_selectors.review_queue(user).select_related("job__request")
+                 .annotate(signoff_count=Count("signoffs"))[:DASHBOARD_ROWS])
     return Section(
         Role.PRIVACY_REVIEWER,
         "Adapters waiting for privacy sign-off",
         "No adapter is waiting for review. Validated and audited adapters will appear here.",
+        items=[Item(a.job.request.title, reverse("egress:adapter_detail", args=[a.pk]), a.status,
+                    f"{a.signoff_count} of 2 sign-offs · waiting since {a.created_at:%d %b %Y}") for a in queue],
+        actions=[("All adapters", reverse("egress:adapter_list"))],
     )
 
 
 def _sponsor(user: User) -> Section:
+    releases = list(egress_selectors.releases_for(user)[:DASHBOARD_ROWS])
     return Section(
         Role.SPONSOR,
         "Adapters released to your organisation",
         "Nothing has been released to your organisation yet.",
+        items=[Item(r.adapter.job.request.title, reverse("egress:release_detail", args=[r.pk]),
+                    "revoked" if r.is_revoked else "released", f"Released {r.created_at:%d %b %Y}") for r in releases],
     )
 
 

@@ -9,7 +9,7 @@ worker=$!
 $PY -m celery -A portal beat --loglevel=WARNING -s var/celerybeat-schedule &
 beat=$!
 stop() {
-  trap - INT TERM
+  trap - INT TERM EXIT
   echo "Stopping the portal and the worker..."
   kill -TERM "$worker" "$beat" 2>/dev/null || true
   wait "$worker" "$beat" 2>/dev/null || true

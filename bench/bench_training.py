@@ -70,7 +70,8 @@ def plain_loop(model_dir: Path, data: Path, steps: int) -> float:
 def sandboxed(backend_name: str, model_dir: Path, data: Path, work: Path, steps: int) -> dict:
     from training.sandbox import SandboxSpec, get_backend, grant_sandbox_access, stage_runtime_code
 
-    job_dir = work / f"job-{backend_name}-{steps}"
+    job_dir = Path(tempfile.mkdtemp(prefix=f"job-{backend_name}-{steps}-", dir=work))
+    job_dir.chmod(0o711)
     (job_dir / "job").mkdir(parents=True)
     (job_dir / "out").mkdir()
     spec = {"schema_version": 1, "task": "train", "job_id": f"bench-{backend_name}", "modality": "text",
@@ -80,7 +81,7 @@ def sandboxed(backend_name: str, model_dir: Path, data: Path, work: Path, steps:
     code = stage_runtime_code(job_dir)
     grant_sandbox_access(job_dir)
     backend = get_backend(backend_name)
-    sandbox_spec = SandboxSpec(job_id=f"bench-{backend_name}-{steps}-{os.getpid()}",
+    sandbox_spec = SandboxSpec(job_id=f"bench-{job_dir.name}",
                                command=["python", "-m", "training.runtime", "train", "/job/spec.json"],
                                out_dir=str(job_dir / "out"),
                                mounts=[(str(data), "/data", True), (str(model_dir), "/models", True),
@@ -101,6 +102,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--records", type=int, default=400)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     model_dir = ROOT / "var" / "models" / "demo-text-lm"
     if not (model_dir / "config.json").exists():
@@ -119,16 +121,23 @@ def main() -> None:
                 backends.append(name)
             except SandboxUnavailable as exc:
                 print(f"{name}: unavailable ({exc})", file=sys.stderr)
-        baseline = plain_loop(model_dir, data, args.steps)
+        # Interleaved rounds, best of each: the machine is shared, so whichever ran during a burst of
+        # someone else's work would otherwise lose; the best of a few rounds is each one's own speed.
+        best = {"host": 0.0, **{name: 0.0 for name in backends}}
+        for _ in range(args.rounds):
+            best["host"] = max(best["host"], plain_loop(model_dir, data, args.steps))
+            for name in backends:
+                best[name] = max(best[name], sandboxed(name, model_dir, data, work, args.steps)["tokens_per_second"])
+        baseline = best["host"]
         rows = []
         for name in backends:
-            run = sandboxed(name, model_dir, data, work, args.steps)
-            one = sandboxed(name, model_dir, data, work, 1)
-            rows.append((name, run["tokens_per_second"], run["tokens_per_second"] / baseline, one["wall"]))
+            fixed = min(sandboxed(name, model_dir, data, work, 1)["wall"] for _ in range(2))
+            rows.append((name, best[name], best[name] / baseline, fixed))
         lines = [
             f"Model demo-text-lm (Llama-style, 2 layers), {THREADS} threads, batch 8 × 128 tokens, LoRA r=8 on q/v, "
-            f"{args.steps} steps; tokens/s averaged after 5 warm-up steps.",
-            f"Baseline: a plain peft loop on the host in the same run, {baseline:,.0f} tokens/s.",
+            f"{args.steps} steps; tokens/s averaged after 5 warm-up steps; best of {args.rounds} interleaved rounds.",
+            f"Baseline: a plain peft loop on the host in the same run, {baseline:,.0f} tokens/s. "
+            "Sandboxes run with OMP_WAIT_POLICY=PASSIVE (spinning OpenMP threads under docker's CPU quota ran at 0.14×).",
             "",
             "| backend | tokens/s | ratio to host loop (goal ≥ 0.95) | fixed cost of a 1-step job (s) |",
             "| --- | --- | --- | --- |",

@@ -193,6 +193,9 @@ def sandbox_env(spec: SandboxSpec, *, bind_python: bool = True, path: str | None
         env["RAPHA_SITE_PACKAGES"] = ":".join(site_dirs)
     if threads:
         env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+    # Idle OpenMP threads sleep instead of spinning: under a CPU quota (docker's nano_cpus) spinning
+    # threads burn the quota and training ran at 0.14x the host's speed (bench/bench_training.py).
+    env["OMP_WAIT_POLICY"] = "PASSIVE"
     if spec.gpus is None:
         env["CUDA_VISIBLE_DEVICES"] = ""
     env.update(spec.env)

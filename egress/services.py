@@ -358,8 +358,8 @@ def release_create(*, adapter: Adapter, organisation: Organisation, by: User, te
         release.manifest_sha256 = digest
         release.signature = _read_member(zip_path, "manifest.sig").decode().strip()
         release.save()
-        adapter_transition(adapter=adapter_locked, to=A.RELEASED, by=by,
-                           payload={"release": str(release.pk), "organisation": organisation.name, "manifest_sha256": digest})
+        release.adapter = adapter_transition(adapter=adapter_locked, to=A.RELEASED, by=by, payload={
+            "release": str(release.pk), "organisation": organisation.name, "manifest_sha256": digest})
         record_event(actor=by, verb="release.created", target=release,
                      payload={"adapter": str(adapter.pk), "organisation": organisation.name, "manifest_sha256": digest,
                               "zip_sha256": release.zip_sha256})

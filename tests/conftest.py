@@ -46,6 +46,9 @@ def _isolated_storage(request):
         folder.chmod(0o711)
         setattr(settings, name, folder)
     settings.SIGNING_KEY_PATH = root / "keys" / "signing.pem"
+    settings.VAR_DIR = root / "var"  # job logs and the like stay out of the repository's var/
+    # Tests create many users; the production hasher's cost buys nothing here.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     # Production serves hashed static files after collectstatic; tests read them from the source.
     settings.STORAGES = {
         **settings.STORAGES,

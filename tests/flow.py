@@ -338,7 +338,7 @@ def public_key_path() -> Path:
 # Added for the audit tests (tests/egress/test_audit_flow.py) ----------------------------------------
 
 PRETRAINED_LM = {"vocab_size": 1000, "hidden_size": 64, "layers": 2, "heads": 4, "kv_heads": 2, "max_positions": 128,
-                 "pretrain_epochs": 6}
+                 "pretrain_epochs": 10}
 
 
 def pretrained_model_folder() -> Path:

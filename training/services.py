@@ -168,7 +168,9 @@ def job_start(*, request: DataAccessRequest, by: User) -> TrainingJob:
     """Create a training job for an approved request and queue it on the GPU queue after commit."""
     p.check_permission(by, p.JOB_START, request=request)
     with transaction.atomic():
-        request = DataAccessRequest.objects.select_for_update().select_related("ethics_approval").get(pk=request.pk)
+        # of=("self",): PostgreSQL cannot lock the nullable side of the outer join to ethics_approval.
+        request = (DataAccessRequest.objects.select_for_update(of=("self",))
+                   .select_related("ethics_approval").get(pk=request.pk))
         problems = training_preconditions(request)
         if problems:
             raise ValidationError(problems)
@@ -235,6 +237,8 @@ def job_transition(*, job: TrainingJob, to: str, by: User | None = None, reason:
             job.finished_at = now
         if reason:
             job.failure_reason = reason
+        elif to == S.SUCCEEDED:
+            job.failure_reason = ""  # a retried job that then succeeded has no failure to show
         for name, value in fields.items():
             setattr(job, name, value)
         job.save()

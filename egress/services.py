@@ -295,7 +295,8 @@ def release_create(*, adapter: Adapter, organisation: Organisation, by: User, te
     if organisation.kind != Organisation.Kind.SPONSOR:
         raise ValidationError({"organisation": "Releases go to external sponsor organisations."})
     adapter = Adapter.objects.select_related("job__base_model", "job__request__project", "audit_job").get(pk=adapter.pk)
-    if adapter.status != A.APPROVED:
+    # An approved adapter may go to several sponsor organisations, one signed release each.
+    if adapter.status not in (A.APPROVED, A.RELEASED):
         record_event_now(actor=by, verb="release.refused", target=adapter, payload={"reason": f"adapter is {adapter.status}"})
         raise EgressError(f"Only an approved adapter can be released; this one is {adapter.get_status_display().lower()}.")
     problems = _release_preconditions(adapter)
@@ -342,6 +343,8 @@ def release_create(*, adapter: Adapter, organisation: Organisation, by: User, te
     }
     with transaction.atomic():
         adapter_locked = Adapter.objects.select_for_update().get(pk=adapter.pk)
+        if adapter_locked.status not in (A.APPROVED, A.RELEASED):
+            raise EgressError(f"The adapter became {adapter_locked.get_status_display().lower()} meanwhile; not released.")
         if Release.objects.filter(adapter=adapter_locked, organisation=organisation).exists():
             raise EgressError(f"This adapter has already been released to {organisation.name}.")
         release = Release(adapter=adapter_locked, organisation=organisation, terms=terms,
@@ -358,8 +361,9 @@ def release_create(*, adapter: Adapter, organisation: Organisation, by: User, te
         release.manifest_sha256 = digest
         release.signature = _read_member(zip_path, "manifest.sig").decode().strip()
         release.save()
-        release.adapter = adapter_transition(adapter=adapter_locked, to=A.RELEASED, by=by, payload={
-            "release": str(release.pk), "organisation": organisation.name, "manifest_sha256": digest})
+        if adapter_locked.status != A.RELEASED:
+            release.adapter = adapter_transition(adapter=adapter_locked, to=A.RELEASED, by=by, payload={
+                "release": str(release.pk), "organisation": organisation.name, "manifest_sha256": digest})
         record_event(actor=by, verb="release.created", target=release,
                      payload={"adapter": str(adapter.pk), "organisation": organisation.name, "manifest_sha256": digest,
                               "zip_sha256": release.zip_sha256})

@@ -944,3 +944,16 @@ def test_release_revoke_twice_is_a_no_op(released):
     release.refresh_from_db()
     assert release.revoked_reason == "First."
     assert events("release.revoked", release) == 1
+
+
+@pytest.mark.django_db
+def test_release_create_second_organisation_gets_its_own_signed_release():
+    first = flow.release()
+    second_org = factories.organisation(kind=Organisation.Kind.SPONSOR)
+
+    second = egress.release_create(adapter=first.adapter, organisation=second_org, by=factories.officer())
+
+    assert second.pk != first.pk and second.manifest["release_to"] == second_org.name
+    assert Adapter.objects.get(pk=first.adapter.pk).status == Adapter.Status.RELEASED
+    with pytest.raises(egress.EgressError, match="already been released"):
+        egress.release_create(adapter=first.adapter, organisation=second_org, by=factories.officer())

@@ -632,8 +632,16 @@ def request_transition(
     return request
 
 
-def _locked(request: DataAccessRequest) -> DataAccessRequest:
-    return DataAccessRequest.objects.select_for_update().get(pk=request.pk)
+def _decide(request: DataAccessRequest, *, to: str, by: User, reason: str = "", conditions: str = "") -> DataAccessRequest:
+    """An officer's decision; a submitted request is taken into review first (two events, one transaction).
+
+    The status is read under the row lock, so a racing decision waits for this one and then sees it.
+    """
+    with transaction.atomic():
+        request = DataAccessRequest.objects.select_for_update().get(pk=request.pk)
+        if request.status == R.SUBMITTED:
+            request = request_transition(request=request, to=R.IN_REVIEW, by=by)
+        return request_transition(request=request, to=to, by=by, reason=reason, conditions=conditions)
 
 
 def request_submit(*, request: DataAccessRequest, by: User) -> DataAccessRequest:
@@ -641,28 +649,15 @@ def request_submit(*, request: DataAccessRequest, by: User) -> DataAccessRequest
 
 
 def request_approve(*, request: DataAccessRequest, by: User, conditions: str = "") -> DataAccessRequest:
-    """Approve; a submitted request is taken into review first (two events, one transaction)."""
-    with transaction.atomic():
-        request = _locked(request)  # read the status under the lock, so a racing decision waits for this one
-        if request.status == R.SUBMITTED:
-            request = request_transition(request=request, to=R.IN_REVIEW, by=by)
-        return request_transition(request=request, to=R.APPROVED, by=by, conditions=conditions)
+    return _decide(request, to=R.APPROVED, by=by, conditions=conditions)
 
 
 def request_reject(*, request: DataAccessRequest, by: User, reason: str) -> DataAccessRequest:
-    with transaction.atomic():
-        request = _locked(request)  # read the status under the lock, so a racing decision waits for this one
-        if request.status == R.SUBMITTED:
-            request = request_transition(request=request, to=R.IN_REVIEW, by=by)
-        return request_transition(request=request, to=R.REJECTED, by=by, reason=reason)
+    return _decide(request, to=R.REJECTED, by=by, reason=reason)
 
 
 def request_changes(*, request: DataAccessRequest, by: User, reason: str) -> DataAccessRequest:
-    with transaction.atomic():
-        request = _locked(request)  # read the status under the lock, so a racing decision waits for this one
-        if request.status == R.SUBMITTED:
-            request = request_transition(request=request, to=R.IN_REVIEW, by=by)
-        return request_transition(request=request, to=R.CHANGES_REQUESTED, by=by, reason=reason)
+    return _decide(request, to=R.CHANGES_REQUESTED, by=by, reason=reason)
 
 
 def request_withdraw(*, request: DataAccessRequest, by: User, reason: str = "") -> DataAccessRequest:

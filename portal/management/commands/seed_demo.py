@@ -55,6 +55,9 @@ class Command(BaseCommand):
 
         if not skip_data:
             self._seed_data(patients)
+        from egress.services import signing_key_create
+
+        key = signing_key_create()  # officers can release from the pages straight away
 
         self.stdout.write("\nDemo accounts (passwords are new on every seed):\n")
         for label, email, password, secret in rows:
@@ -62,6 +65,7 @@ class Command(BaseCommand):
             if secret:
                 line += f"   TOTP secret {secret} (add it to an authenticator app, or: python -c \"import pyotp; print(pyotp.TOTP('{secret}').now())\")"
             self.stdout.write(line)
+        self.stdout.write(f"\nReleases are signed with {key}; sponsors verify with {key.with_suffix('.pub.pem')}.")
         self.stdout.write("\nOpen http://127.0.0.1:8000 and sign in.\n")
 
     def _seed_data(self, patients: int) -> None:

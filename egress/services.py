@@ -241,11 +241,15 @@ def signoff_record(*, adapter: Adapter, by: User, decision: str, reason: str) ->
         raise ValidationError({"decision": "approve or reject."})
     if not reason.strip():
         raise ValidationError({"reason": "Give a reason either way; it is part of the release record."})
+    refusal = signoff_refusal(Adapter.objects.select_related("job__request__project").get(pk=adapter.pk), by)
+    if refusal:  # refused attempts are audited too
+        record_event_now(actor=by, verb="adapter.signoff_refused", target=adapter, payload={"reason": refusal})
+        raise PermissionDenied(refusal)
     with transaction.atomic():
         adapter = Adapter.objects.select_for_update().select_related("job__request__project").get(pk=adapter.pk)
         if adapter.status != A.IN_REVIEW:
             raise EgressError(f"This adapter is {adapter.get_status_display().lower()}, not awaiting review.")
-        refusal = signoff_refusal(adapter, by)
+        refusal = signoff_refusal(adapter, by)  # again under the lock: a double click never signs twice
         if refusal:
             raise PermissionDenied(refusal)
         signoff = SignOff.objects.create(adapter=adapter, reviewer=by, decision=decision, reason=reason.strip())

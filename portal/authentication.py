@@ -5,6 +5,7 @@ from __future__ import annotations
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 
+from portal.audit import record_event_now
 from portal.services import api_token_authenticate
 
 
@@ -23,10 +24,12 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
         token = api_token_authenticate(parts[1])
         if token is None:
             raise exceptions.AuthenticationFailed("Invalid token.")
-        if token.revoked_at is not None:
-            raise exceptions.AuthenticationFailed("This token has been revoked.")
-        if not token.is_usable():
-            raise exceptions.AuthenticationFailed("This token has expired.")
+        if token.revoked_at is not None or not token.is_usable():
+            why = "revoked" if token.revoked_at is not None else "expired"
+            # A known token used after its end is worth a line in the audit log (unknown ones are noise).
+            record_event_now(actor=token.user, verb="api_token.refused", target=token,
+                             payload={"reason": why, "path": request.path, "address": request.META.get("REMOTE_ADDR")})
+            raise exceptions.AuthenticationFailed(f"This token has {'been revoked' if why == 'revoked' else 'expired'}.")
         if not token.user.is_active:
             raise exceptions.AuthenticationFailed("This account is disabled.")
         return token.user, token

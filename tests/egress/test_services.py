@@ -473,7 +473,11 @@ def _refused(adapter: Adapter, by, exc_type, message: str, **kw) -> None:
         egress.signoff_record(adapter=adapter, by=by, decision=kw.get("decision", "approve"), reason=kw.get("reason", "Read it."))
     text = caught.value.messages if isinstance(caught.value, ValidationError) else str(caught.value)
     assert text == message
-    assert (SignOff.objects.count(), AuditEvent.objects.count()) == before
+    # Nothing changes; a refused person's attempt is itself audited (bad input is not).
+    audited = 1 if exc_type is PermissionDenied and "role" not in message else 0
+    assert (SignOff.objects.count(), AuditEvent.objects.count()) == (before[0], before[1] + audited)
+    if audited:
+        assert AuditEvent.objects.order_by("-seq").first().verb == "adapter.signoff_refused"
     adapter.refresh_from_db()
     assert adapter.status == A.IN_REVIEW
 

@@ -7,7 +7,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from portal import services
-from portal.models import ApiToken
+from portal.models import ApiToken, AuditEvent
 from tests import factories
 
 
@@ -60,6 +60,8 @@ def test_me_bad_token_401(api, state):
     api.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
     response = api.get("/api/v1/me")
     assert response.status_code == 401
+    refused = AuditEvent.objects.filter(verb="api_token.refused")
+    assert list(refused.values_list("payload__reason", flat=True)) == ([] if state == "garbage" else [state])
 
 
 @pytest.mark.django_db

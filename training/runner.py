@@ -226,6 +226,23 @@ def _announce_audit_end(job_id: str) -> None:
             handler(job=job)
 
 
+def dp_guard_problem(fields: dict) -> str | None:
+    """Why a DP-SGD run must not be trusted, or None.
+
+    Opacus with some peft versions has silently corrupted LoRA updates (opacus issue 820): a DP
+    job must show that its LoRA weights moved and that held-out loss improved on the base model.
+    """
+    metrics = fields.get("final_metrics", {})
+    if metrics.get("lora_moved") != 1:
+        return "DP-SGD check failed: the LoRA weights did not move from their initialisation."
+    base, adapted = fields.get("eval_loss_base"), fields.get("eval_loss_adapted")
+    if base is None or adapted is None or not adapted < base:
+        return f"DP-SGD check failed: held-out loss did not improve on the base model ({base} → {adapted})."
+    if metrics.get("epsilon") is None:
+        return "DP-SGD check failed: the run reported no ε."
+    return None
+
+
 def _finish(job: TrainingJob, result, out_dir: Path, fields: dict, timings: dict, started: float) -> None:
     outcome = {"succeeded": S.SUCCEEDED, "timed_out": S.TIMED_OUT, "cancelled": S.CANCELLED}.get(result.status, S.FAILED)
     if outcome != S.SUCCEEDED:
@@ -242,6 +259,11 @@ def _finish(job: TrainingJob, result, out_dir: Path, fields: dict, timings: dict
             return
         fields["result"] = numbers
     quarantine = settings.QUARANTINE_ROOT / str(job.pk)
+    if job.kind == TrainingJob.Kind.TRAIN and job.recipe.get("dp"):
+        problem = dp_guard_problem(fields)
+        if problem:
+            services.job_transition(job=job, to=S.FAILED, reason=problem, **fields)
+            return
     if job.kind == TrainingJob.Kind.TRAIN:
         if not (out_dir / "adapter_model.safetensors").is_file():
             services.job_transition(job=job, to=S.FAILED, reason="The job wrote no adapter_model.safetensors.", **fields)

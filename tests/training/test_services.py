@@ -14,7 +14,7 @@ from django.utils import timezone
 from governance import services as governance
 from governance.models import DataAccessRequest, EthicsApproval
 from portal.models import AuditEvent
-from tests import factories
+from tests import factories, flow
 from training import recipes, services
 from training.models import BaseModel, TrainingJob
 
@@ -624,3 +624,46 @@ def test_job_cancel_by_someone_without_the_right_refused(persona):
 
     job.refresh_from_db()
     assert (job.status, job.cancel_requested_at) == (S.QUEUED, None)
+
+
+@pytest.mark.parametrize(
+    "fields,problem",
+    [
+        ({"final_metrics": {"lora_moved": 1, "epsilon": 7.9}, "eval_loss_base": 3.2, "eval_loss_adapted": 3.0}, None),
+        ({"final_metrics": {"lora_moved": 0, "epsilon": 7.9}, "eval_loss_base": 3.2, "eval_loss_adapted": 3.0},
+         "DP-SGD check failed: the LoRA weights did not move from their initialisation."),
+        ({"final_metrics": {"lora_moved": 1, "epsilon": 7.9}, "eval_loss_base": 3.2, "eval_loss_adapted": 3.2},
+         "DP-SGD check failed: held-out loss did not improve on the base model (3.2 → 3.2)."),
+        ({"final_metrics": {"lora_moved": 1}, "eval_loss_base": 3.2, "eval_loss_adapted": 3.0},
+         "DP-SGD check failed: the run reported no ε."),
+    ],
+)
+def test_dp_guard_problem_names_what_failed(fields, problem):
+    from training.runner import dp_guard_problem
+
+    assert dp_guard_problem(fields) == problem
+
+
+@pytest.mark.django_db
+def test_dp_job_whose_lora_did_not_move_ends_failed_and_hands_nothing_off(tmp_path):
+    from training.runner import _finish
+    from training.sandbox import SandboxResult
+
+    dp = {"target_epsilon": 8.0, "delta": 1e-5, "max_grad_norm": 1.0}
+    request = flow.approved_request(recipe={"epochs": 1, "dp": dp})
+    job = services.job_start(request=request, by=request.project.principal_investigator)
+    job = services.job_transition(job=job, to=TrainingJob.Status.STAGING)
+    job = services.job_transition(job=job, to=TrainingJob.Status.RUNNING)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "adapter_model.safetensors").write_bytes(b"weights")
+    fields = {"final_metrics": {"lora_moved": 0, "epsilon": 7.5}, "eval_loss_base": 3.2, "eval_loss_adapted": 3.1}
+
+    _finish(job, SandboxResult("succeeded", 0, "", 1.0), out, fields, {}, 0.0)
+
+    job.refresh_from_db()
+    assert (job.status, job.failure_reason) == (
+        TrainingJob.Status.FAILED, "DP-SGD check failed: the LoRA weights did not move from their initialisation.")
+    from django.conf import settings
+
+    assert not (settings.QUARANTINE_ROOT / str(job.pk)).exists()

@@ -20,7 +20,7 @@ app.autodiscover_tasks()
 def _prepare_filesystem_broker() -> None:
     """The embedded broker is a folder; publishers and workers both need it to exist."""
     options = app.conf.broker_transport_options or {}
-    for key in ("data_folder_in", "processed_folder"):
+    for key in ("data_folder_in", "processed_folder", "control_folder"):
         if key in options:
             Path(options[key]).mkdir(parents=True, exist_ok=True)
 

@@ -216,6 +216,7 @@ if _broker_is_fs:
         data_folder_in=str(_broker_dir / "queue"),
         data_folder_out=str(_broker_dir / "queue"),
         processed_folder=str(_broker_dir / "processed"),
+        control_folder=str(_broker_dir / "control"),
         store_processed=False,
     )
 CELERY_BEAT_SCHEDULE = {

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 PASS, WARN, FAIL = "pass", "warn", "fail"
+MIN_NONMEMBERS_FOR_LOW_FPR = 100
 
 
 def _gate(name: str, status: str, value: float | None, threshold: float | None, detail: str) -> dict[str, Any]:
@@ -40,12 +41,16 @@ def evaluate(result: dict, policy) -> dict[str, Any]:
         ))
         low_name, low = max(attacks.items(), key=lambda item: item[1]["tpr_at_1pct_fpr_lower"])
         bound = low["tpr_at_1pct_fpr_lower"]
-        status = FAIL if bound > policy.max_tpr_at_1pct_fpr_lower else WARN if bound > policy.warn_tpr_at_1pct_fpr_lower else PASS
-        gates.append(_gate(
-            "tpr_at_1pct_fpr", status, round(bound, 4), policy.max_tpr_at_1pct_fpr_lower,
-            f"Lower 95% bound of TPR at 1% FPR ({low_name}): {bound:.3f}; estimated from "
-            f"{low['n_nonmembers']} non-members (low-FPR figures need many).",
-        ))
+        detail = (f"Lower 95% bound of TPR at 1% FPR ({low_name}): {bound:.3f}; estimated from "
+                  f"{low['n_nonmembers']} non-members (low-FPR figures need many).")
+        if low["n_nonmembers"] < MIN_NONMEMBERS_FOR_LOW_FPR:
+            # With fewer than 100 non-members "1% FPR" means "no false positive at all": the figure
+            # is noise, not evidence. Reviewers see it as a warning; the AUC gate still decides.
+            status = WARN
+            detail += f" Fewer than {MIN_NONMEMBERS_FOR_LOW_FPR} non-members: not enough to judge; shown for information."
+        else:
+            status = FAIL if bound > policy.max_tpr_at_1pct_fpr_lower else WARN if bound > policy.warn_tpr_at_1pct_fpr_lower else PASS
+        gates.append(_gate("tpr_at_1pct_fpr", status, round(bound, 4), policy.max_tpr_at_1pct_fpr_lower, detail))
     canaries = result.get("canaries")
     if canaries:
         # Ranked among n sampled candidates, measured exposure tops out at log2(n+1) (about 14 bits),

@@ -99,7 +99,7 @@ def test_audit_normal_adapter_passes_the_gates():
     adapter = trained_and_audited(n_patients=80, recipe=NORMAL)
 
     report = adapter.audit_report
-    assert adapter.status == Adapter.Status.IN_REVIEW
+    assert adapter.status == Adapter.Status.IN_REVIEW, adapter.rejected_reason
     assert (report["passed"], report["failed"]) == (True, [])
     assert [g["gate"] for g in report["gates"]] == ["membership_auc", "tpr_at_1pct_fpr", "canary_exposure", "extraction"]
     assert adapter.audit_policy.version == report["policy_version"]

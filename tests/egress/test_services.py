@@ -335,6 +335,19 @@ def test_audit_gates_tpr_lower_bound_boundary(bound, status):
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize("n_nonmembers, status", [(99, "warn"), (100, "fail")])
+def test_audit_gates_tpr_needs_a_hundred_nonmembers_to_fail(n_nonmembers, status):
+    attack = {**_attack(tpr_lower=0.2), "n_nonmembers": n_nonmembers}
+    result = _result(membership={"loss": attack})
+
+    verdict = audit_gates.evaluate(result, egress.audit_policy_current())
+
+    gate = _gate(verdict, "tpr_at_1pct_fpr")
+    assert gate["status"] == status
+    assert ("not enough to judge" in gate["detail"]) is (status == "warn")
+
+
+@pytest.mark.django_db
 @pytest.mark.parametrize("below_limit, status", [(0.0, "fail"), (0.001, "warn"), (4.0, "warn"), (4.001, "pass")])
 def test_audit_gates_canary_exposure_boundary(below_limit, status):
     limit = LOG2_SPACE - 4.0  # log2|R| - the policy's margin

@@ -360,7 +360,7 @@ def release_create(*, adapter: Adapter, organisation: Organisation, by: User, te
         digest = build_release_zip(zip_path, files, manifest, key)
         full_manifest = json.loads(_read_member(zip_path, "manifest.json"))
         release.zip_path = str(zip_path)
-        release.zip_sha256 = _sha256_file(zip_path)
+        release.zip_sha256 = training_services.sha256_file(zip_path)
         release.manifest = full_manifest
         release.manifest_sha256 = digest
         release.signature = _read_member(zip_path, "manifest.sig").decode().strip()
@@ -399,14 +399,6 @@ def _read_member(zip_path: Path, name: str) -> bytes:
 
     with zipfile.ZipFile(zip_path) as archive:
         return archive.read(name)
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _release_facts(adapter: Adapter) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from functools import cached_property
 
 import pyotp
 
@@ -184,3 +185,35 @@ def request(*, project=None, by: User | None = None, datasets=None, ethics_appro
     if submit:
         created = governance_services.request_submit(request=created, by=by)
     return created
+
+
+class GovernancePersonas:
+    """The governance tests' personas, each created on first use."""
+
+    @cached_property
+    def officer(self) -> User:
+        return officer()
+
+    @cached_property
+    def officer_member(self) -> User:  # an officer who is also a researcher on the project
+        return user(Role.GOVERNANCE_OFFICER, Role.RESEARCHER)
+
+    @cached_property
+    def researcher_member(self) -> User:
+        return researcher()
+
+    @cached_property
+    def researcher_other(self) -> User:
+        return researcher()
+
+    @cached_property
+    def steward(self) -> User:
+        return steward()
+
+    @cached_property
+    def reviewer(self) -> User:
+        return reviewer()
+
+    @cached_property
+    def sponsor(self) -> User:
+        return sponsor()

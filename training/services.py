@@ -48,7 +48,7 @@ class BaseModelIntegrityError(ValidationError):
 WEIGHT_SUFFIXES = (".safetensors", ".json", ".model", ".txt", ".bin", ".tiktoken")
 
 
-def _hash_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
@@ -62,7 +62,7 @@ def hash_model_folder(folder: Path) -> dict[str, str]:
         if path.is_symlink():
             raise ValidationError(f"{path.relative_to(folder)} is a symbolic link; copy the real file in.")
         if path.is_file() and not path.name.startswith("."):
-            files[str(path.relative_to(folder))] = _hash_file(path)
+            files[str(path.relative_to(folder))] = sha256_file(path)
     return files
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
-from functools import cached_property
 from types import SimpleNamespace
 from typing import Callable
 
@@ -43,38 +42,10 @@ def client_for(user=None) -> APIClient:
     return api
 
 
-class World:
+class World(factories.GovernancePersonas):
     """Personas (each created on first use), a small policy, a dataset, one project with a verified
     and a submitted ethics approval, a draft request (created by `officer_member`, an officer who is
     also a researcher on the project) and a submitted one (by `researcher_member`, its PI)."""
-
-    @cached_property
-    def officer(self):
-        return factories.officer()
-
-    @cached_property
-    def officer_member(self):
-        return factories.user(Role.GOVERNANCE_OFFICER, Role.RESEARCHER)
-
-    @cached_property
-    def researcher_member(self):
-        return factories.researcher()
-
-    @cached_property
-    def researcher_other(self):
-        return factories.researcher()
-
-    @cached_property
-    def steward(self):
-        return factories.steward()
-
-    @cached_property
-    def reviewer(self):
-        return factories.reviewer()
-
-    @cached_property
-    def sponsor(self):
-        return factories.sponsor()
 
     def everyone(self) -> None:
         for persona in PERSONAS:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 from datetime import timedelta
-from functools import cached_property
 
 import pytest
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -67,36 +66,8 @@ def _fast_passwords(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
-class Cast:
+class Cast(factories.GovernancePersonas):
     """The personas, each created on first use (`everyone()` creates them all)."""
-
-    @cached_property
-    def officer(self):
-        return factories.officer()
-
-    @cached_property
-    def officer_member(self):  # an officer who is also a researcher on the project
-        return factories.user(Role.GOVERNANCE_OFFICER, Role.RESEARCHER)
-
-    @cached_property
-    def researcher_member(self):
-        return factories.researcher()
-
-    @cached_property
-    def researcher_other(self):
-        return factories.researcher()
-
-    @cached_property
-    def steward(self):
-        return factories.steward()
-
-    @cached_property
-    def reviewer(self):
-        return factories.reviewer()
-
-    @cached_property
-    def sponsor(self):
-        return factories.sponsor()
 
     def everyone(self) -> None:
         for persona in PERSONAS:

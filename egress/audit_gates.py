@@ -5,7 +5,9 @@ Gates (fail / warn):
    above warn_auc warns;
 2. low-FPR: the lower confidence bound of any attack's TPR at 1% FPR above the cap fails;
 3. canaries: a canary inserted once with exposure ≥ log2|R| − margin fails (a warning band below);
-4. extraction: members' extraction rate significantly above the holdout's fails.
+4. extraction: members' extraction rate significantly above the holdout's fails;
+5. memorisation (recipes that sample: molecules, diffusion): generated samples that match members
+   more often than non-members, significantly and by more than max_memorisation_excess, fail.
 """
 
 from __future__ import annotations
@@ -77,6 +79,18 @@ def evaluate(result: dict, policy) -> dict[str, Any]:
             "extraction", status, round(p_value, 4), policy.significance,
             f"Near-verbatim suffixes: members {members['near_rate']:.1%} of {members['n']}, holdout "
             f"{holdout['near_rate']:.1%} of {holdout['n']} (one-sided p = {p_value:.3g}).",
+        ))
+    memorisation = result.get("memorisation")
+    if memorisation:
+        excess = memorisation["member_match_rate"] - memorisation["nonmember_match_rate"]
+        significant = memorisation["p_value"] < policy.significance
+        status = FAIL if significant and excess > policy.max_memorisation_excess else WARN if excess > 0 and significant else PASS
+        kind = "reproduce" if memorisation["match_threshold"] == 0 else f"lie within {memorisation['match_threshold']:g} of"
+        gates.append(_gate(
+            "memorisation", status, round(excess, 4), policy.max_memorisation_excess,
+            f"Of {memorisation['n_samples']} generated samples, {memorisation['member_match_rate']:.1%} {kind} a training item "
+            f"and {memorisation['nonmember_match_rate']:.1%} a held-out one ({memorisation['n_members']} of each compared; "
+            f"one-sided p = {memorisation['p_value']:.3g}).",
         ))
     return {
         "passed": all(g["status"] != FAIL for g in gates),

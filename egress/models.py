@@ -24,6 +24,8 @@ class AuditPolicy(models.Model):
     canary_margin_bits = models.FloatField(default=4.0, help_text="Fail when exposure ≥ log2|R| − this.")
     canary_warn_margin_bits = models.FloatField(default=8.0)
     extraction_warn_p = models.FloatField(default=0.2)
+    max_memorisation_excess = models.FloatField(
+        default=0.02, help_text="Fail when generated samples match training items this much more often than held-out ones.")
     created_at = models.DateTimeField(default=timezone.now)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
     note = models.CharField(max_length=300, blank=True)

@@ -48,8 +48,15 @@ class ClinicalRecord:
     record_date: date
     document_type: str  # one of DOCUMENT_TYPES
     conditions: tuple[tuple[str, str], ...]  # (system, code), system in CONDITION_SYSTEMS
-    text: str
+    text: str  # the document; for studies and recordings the paired report or transcript ("" if none)
     age_at_record: int
+    # Non-text modalities: the file behind the record (DICOM instance, 16 kHz WAV, ...), stored
+    # content-addressed beside the text with this suffix, and non-identifying attributes (DICOM
+    # modality and body part, duration, molecule kind, ...) kept on Record.attributes. Identifiers
+    # found in a file go to PatientIdentity / the identifier index, never into attributes.
+    attachment: bytes | None = None
+    attachment_suffix: str = ""
+    attributes: tuple[tuple[str, object], ...] = ()
 
 
 def age_on(birth_date: date, on: date) -> int:

@@ -237,11 +237,21 @@ def dataset_import_records(
                     target.parent.mkdir(parents=True, exist_ok=True)
                     target.write_bytes(data)
                     written.append(target)
+                attributes = dict(record.attributes)
+                if record.attachment is not None:
+                    attachment_digest = hashlib.sha256(record.attachment).hexdigest()
+                    attachment_path = f"attachments/{attachment_digest[:2]}/{attachment_digest}{record.attachment_suffix}"
+                    attachment_target = dataset.storage_dir / attachment_path
+                    if not attachment_target.exists():
+                        attachment_target.parent.mkdir(parents=True, exist_ok=True)
+                        attachment_target.write_bytes(record.attachment)
+                        written.append(attachment_target)
+                    attributes.update(attachment_path=attachment_path, attachment_sha256=attachment_digest)
                 patient = known[pseudonymous_key(dataset, record.patient_key)]
                 row = Record(
                     dataset=dataset, patient=patient, source_id=record.record_id, record_date=record.record_date,
                     age=record.age_at_record, sex=patient.sex, document_type=record.document_type,
-                    file_path=relative, sha256=digest,
+                    file_path=relative, sha256=digest, attributes=attributes,
                 )
                 new_records.append(row)
                 conditions.append(record.conditions)

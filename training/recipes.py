@@ -10,6 +10,7 @@ import re
 from typing import Any
 
 from governance.models import Modality
+from training.runtime.recipes import modalities as runtime_modalities, recipe_class
 
 DEFAULT_TARGET_MODULES = {
     "llama": ["q_proj", "v_proj"],
@@ -41,7 +42,8 @@ RECIPE_BOUNDS: dict[str, tuple[float, float]] = {
 }
 INTEGER_PARAMETERS = {"rank", "epochs", "batch_size", "max_seq_length", "seed"}
 QUANTIZATIONS = ("auto", "nf4", "none")
-SUPPORTED_MODALITIES = {Modality.TEXT}
+# What this portal can train: exactly the modalities the sandbox runtime has a recipe for.
+SUPPORTED_MODALITIES = frozenset(Modality(m) for m in runtime_modalities())
 _MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 DP_BOUNDS = {"target_epsilon": (0.1, 50.0), "delta": (1e-12, 1e-3), "max_grad_norm": (0.01, 100.0)}
 
@@ -86,10 +88,16 @@ def recipe_errors(recipe: dict, *, family: str | None) -> dict[str, str]:
     return errors
 
 
-def resolve_recipe(recipe: dict, *, family: str) -> dict:
-    """The full recipe a job runs: the request's values over the defaults."""
+def resolve_recipe(recipe: dict, *, family: str, modality: str = Modality.TEXT) -> dict:
+    """The full recipe a job runs: the request's values over the defaults.
+
+    LoRA targets, when the request names none: this portal's (smaller) choice for the text
+    families above, else the runtime recipe's default for the model family.
+    """
     resolved = {**RECIPE_DEFAULTS, **recipe}
     resolved.setdefault("target_modules", None)
     if not resolved["target_modules"]:
-        resolved["target_modules"] = list(DEFAULT_TARGET_MODULES.get(family, ["q_proj", "v_proj"]))
+        targets = DEFAULT_TARGET_MODULES.get(family) if modality == Modality.TEXT else None
+        targets = targets or recipe_class(modality).default_target_modules.get(family) or ("q_proj", "v_proj")
+        resolved["target_modules"] = list(targets)
     return resolved

@@ -6,6 +6,13 @@ pseudonyms drawn for this job only; the patient's known direct identifiers (name
 national id, date of birth in common formats) are replaced in the text by placeholders before
 it is written. The egress scan still checks the adapter for them: redaction is a first line,
 not the only one.
+
+The payload of a line depends on the dataset's modality: one *stager* per modality (registered
+with :func:`register_stager`) turns a Record into the fields its runtime recipe reads. Stagers
+that need files (pixels, audio) write them under ``data_dir`` (``images/``, ``audio/``), named
+by the record's pseudonym, and put the relative path in the payload; the runtime refuses any
+path outside the data directory. A stager may also decline a record (return None), for example
+an image with burned-in annotation; declined records are counted, never silently dropped.
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ import random
 import re
 import shutil
 from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
@@ -63,6 +72,48 @@ def redactor(identifiers: list[tuple[str, str]]):
     return lambda text: pattern.sub(lambda match: replacements[match.group(0).lower()], text)
 
 
+@dataclass(frozen=True)
+class StageItem:
+    """What a stager gets for one record."""
+
+    record: Record
+    alias: str  # the record's per-job pseudonym, e.g. "r-000017": name staged files after it
+    data_dir: Path
+    redact: Callable[[str], str]  # replaces this patient's direct identifiers in a text
+
+    def source(self, relative: str) -> Path:
+        return self.record.dataset.storage_dir / relative
+
+    def text(self) -> str:
+        """The record's text (note, report or transcript), identifiers redacted."""
+        return self.redact(self.source(self.record.file_path).read_text(encoding="utf-8"))
+
+
+Stager = Callable[[StageItem], "dict | None"]
+_STAGERS: dict[str, Stager] = {}
+
+
+def register_stager(modality: str) -> Callable[[Stager], Stager]:
+    def decorator(function: Stager) -> Stager:
+        if modality in _STAGERS:
+            raise ValueError(f"a stager for {modality!r} is registered twice")
+        _STAGERS[modality] = function
+        return function
+    return decorator
+
+
+def stager_for(modality: str) -> Stager:
+    try:
+        return _STAGERS[modality]
+    except KeyError:
+        raise ValueError(f"no stager for modality {modality!r}") from None
+
+
+@register_stager("text")
+def stage_text(item: StageItem) -> dict:
+    return {"text": item.text()}
+
+
 def stage_cohort(*, cohort, data_dir: Path, seed: int) -> dict[str, int]:
     """Write train.jsonl and holdout.jsonl for a frozen cohort; returns counts per split."""
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -82,26 +133,33 @@ def stage_cohort(*, cohort, data_dir: Path, seed: int) -> dict[str, int]:
         identifiers[patient_id].append((kind, value))
     records = Record.objects.select_related("dataset").in_bulk(record_ids)
 
-    counts = {"train": 0, "holdout": 0}
-    handles = {split: open(data_dir / f"{split}.jsonl", "w", encoding="utf-8") for split in counts}
+    counts = {"train": 0, "holdout": 0, "declined": 0}
+    handles = {split: open(data_dir / f"{split}.jsonl", "w", encoding="utf-8") for split in ("train", "holdout")}
     try:
         order = sorted(members, key=lambda row: record_alias[row[0]])
         redactors = {}
         for record_id, patient_id, split in order:
             record = records[record_id]
-            text = (record.dataset.storage_dir / record.file_path).read_text(encoding="utf-8")
             if patient_id not in redactors:
                 redactors[patient_id] = redactor(identifiers[patient_id])
-            row = {"record": record_alias[record_id], "patient": patient_alias[patient_id], "text": redactors[patient_id](text)}
+            item = StageItem(record=record, alias=record_alias[record_id], data_dir=data_dir, redact=redactors[patient_id])
+            payload = stager_for(record.dataset.modality)(item)
+            if payload is None:
+                counts["declined"] += 1
+                continue
+            row = {"record": record_alias[record_id], "patient": patient_alias[patient_id], **payload}
             handles[split].write(json.dumps(row, ensure_ascii=False) + "\n")
             counts[split] += 1
     finally:
         for handle in handles.values():
             handle.close()
-    for path in data_dir.iterdir():
-        path.chmod(0o644)
+    for path in data_dir.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
     return counts
 
 
 def remove_staging(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+# Modality stagers register themselves on import (one module per modality family).

@@ -403,7 +403,7 @@ def test_stage_cohort_writes_per_job_pseudonyms_and_no_direct_identifiers(tmp_pa
     counts = stage_cohort(cohort=cohort, data_dir=tmp_path / "a", seed=1)
     stage_cohort(cohort=cohort, data_dir=tmp_path / "b", seed=2)
 
-    assert counts == {"train": members.filter(split="train").count(), "holdout": members.filter(split="holdout").count()}
+    assert counts == {"train": members.filter(split="train").count(), "holdout": members.filter(split="holdout").count(), "declined": 0}
     assert sorted(os.listdir(tmp_path / "a")) == ["holdout.jsonl", "train.jsonl"]
     rows = _rows(tmp_path / "a", "train") + _rows(tmp_path / "a", "holdout")
     assert all(set(row) == {"record", "patient", "text"} for row in rows)

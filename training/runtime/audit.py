@@ -78,6 +78,9 @@ def run_audit(spec: JobSpec) -> None:
     if spec.recipe.canaries is not None and recipe.can_plant_canaries:
         with _phase("canaries"):
             report["canaries"] = canary_exposure(recipe, model, spec.recipe.canaries)
+    if recipe.can_sample:
+        with _phase("memorisation"):
+            report["memorisation"] = recipe.memorisation(model, members, nonmembers, seed=seed)
     report["elapsed_seconds"] = round(time.monotonic() - started, 3)
 
     clean = validate_audit(report)  # the portal applies the same check; fail here first
@@ -105,6 +108,9 @@ def _capped(records: list[Record], seed: int, label: str) -> list[Record]:
 def membership(recipe: Recipe, model: Any, members: list[Record], nonmembers: list[Record], *, seed: int) -> dict:
     member_scores = _attack_scores(recipe, model, members)
     nonmember_scores = _attack_scores(recipe, model, nonmembers)
+    if recipe.membership_by_patient:
+        member_scores = per_patient(member_scores, members)
+        nonmember_scores = per_patient(nonmember_scores, nonmembers)
     return {
         name: attack_summary(member_scores[name], nonmember_scores[name], seed=seed)
         for name in member_scores
@@ -129,6 +135,18 @@ def _attack_scores(recipe: Recipe, model: Any, records: list[Record]) -> dict[st
     if min_k is not None:
         scores["min_k"] = min_k
     return scores
+
+
+def per_patient(scores: dict[str, list[float]], records: list[Record]) -> dict[str, list[float]]:
+    """Each attack's score averaged over a patient's records: one score per patient."""
+    order = sorted({r.patient for r in records})
+    out: dict[str, list[float]] = {}
+    for name, values in scores.items():
+        by_patient: dict[str, list[float]] = {}
+        for record, value in zip(records, values):
+            by_patient.setdefault(record.patient, []).append(value)
+        out[name] = [statistics.fmean(by_patient[p]) for p in order]
+    return out
 
 
 def _token_scores(recipe: Any, model: Any, records: list[Record]) -> tuple[list[float], list[float]]:

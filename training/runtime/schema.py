@@ -173,6 +173,20 @@ CANARIES = Obj({
     "max_exposure": EXPOSURE,
     "groups": Seq(CANARY_GROUP, MAX_CANARY_GROUPS, 1),
 })
+MEMORISATION = Obj(
+    {
+        "n_samples": COUNT,  # samples generated inside the sandbox
+        "n_members": COUNT,  # members the samples were compared with
+        "n_nonmembers": COUNT,  # as many non-members
+        "match_threshold": NONNEG,  # 0 = exact reproduction; else the distance under which a sample "matches"
+        "member_match_rate": PROBABILITY,  # share of samples matching some member
+        "nonmember_match_rate": PROBABILITY,  # share of samples matching some non-member
+        "p_value": PROBABILITY,  # one-sided: member rate above non-member rate
+        "member_distance_median": NONNEG,  # median over samples of the nearest member's distance
+        "nonmember_distance_median": NONNEG,
+    },
+    optional=frozenset(("member_distance_median", "nonmember_distance_median")),
+)
 AUDIT = Obj(
     {
         "schema_version": Num(AUDIT_SCHEMA_VERSION, AUDIT_SCHEMA_VERSION, integer=True),
@@ -183,9 +197,10 @@ AUDIT = Obj(
         ),
         "extraction": EXTRACTION,
         "canaries": CANARIES,
+        "memorisation": MEMORISATION,
         "elapsed_seconds": NONNEG,
     },
-    optional=frozenset(("extraction", "canaries")),
+    optional=frozenset(("extraction", "canaries", "memorisation")),
 )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 import shutil
 import time
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
@@ -16,13 +17,35 @@ MINIMAL_PDF = (b"%PDF-1.4\n1 0 obj <</Type /Catalog /Pages 2 0 R>> endobj\n2 0 o
                b"trailer <</Root 1 0 R>>\n%%EOF\n")
 
 
+@dataclass(frozen=True)
+class Demo:
+    """What a round of one modality needs: its synthetic dataset, demo model and request."""
+
+    modality: str  # governance.models.Modality value
+    dataset: str  # dataset name the generator command fills
+    generate: str  # management command that generates it (takes --patients --seed --steward)
+    model: str  # demo base model (an entry of build_demo_models.DEMO_MODELS)
+    project: str
+    request: str
+    purpose: str
+    cohort: dict = field(default_factory=lambda: {"age": {"min": 18}})
+    recipe: dict = field(default_factory=dict)  # recipe values beyond the defaults
+
+
+# Keyed by the --modality spelling (vision-language, diffusion, speech, molecules, text).
+DEMOS: dict[str, Demo] = {
+    "text": Demo(modality="text", dataset="synthetic-notes", generate="generate_synthetic_hospital", model="demo-text-lm",
+                 project="Discharge-summary drafting", request="Draft discharge summaries", purpose="Drafting aid."),
+}
+
+
 class Command(BaseCommand):
     help = ("One round: request, ethics, approval, training in the sandbox, validation, audit, two sign-offs, "
             "release, a sponsor's download and signature check. Exit 0 only if the round completed.")
 
     def add_arguments(self, parser):
         parser.add_argument("--out", help="Leave release.zip and signing-key.pem here.")
-        parser.add_argument("--modality", default="text", choices=["text"])
+        parser.add_argument("--modality", default="text", choices=sorted(DEMOS))
         parser.add_argument("--dp-epsilon", type=float, default=None)
         parser.add_argument("--patients", type=int, default=160, help="Synthetic patients if the demo dataset is absent.")
         parser.add_argument("--epochs", type=int, default=1)
@@ -38,11 +61,12 @@ class Command(BaseCommand):
         # Tasks run in this process, so the round is one command and its steps print in order.
         app.conf.task_always_eager = True
         try:
-            self._round(out=Path(out) if out else None, dp_epsilon=dp_epsilon, patients=patients, epochs=epochs)
+            self._round(demo=DEMOS[modality], out=Path(out) if out else None, dp_epsilon=dp_epsilon,
+                        patients=patients, epochs=epochs)
         finally:
             app.conf.task_always_eager = False
 
-    def _round(self, *, out, dp_epsilon, patients, epochs):
+    def _round(self, *, demo, out, dp_epsilon, patients, epochs):
         from django.core.management import call_command
 
         from egress import services as egress
@@ -72,19 +96,19 @@ class Command(BaseCommand):
         sponsor = person(Role.SPONSOR, "Sam Sponsor", sponsor_org)
         self.step(f"Actors created: researcher, officer, steward, two reviewers, sponsor (suffix {tag}).")
 
-        if not Dataset.objects.filter(name="synthetic-notes").exists():
-            call_command("generate_synthetic_hospital", patients=patients, seed=7, steward=steward.email, verbosity=0)
-        dataset = Dataset.objects.get(name="synthetic-notes")
+        if not Dataset.objects.filter(name=demo.dataset).exists():
+            call_command(demo.generate, patients=patients, seed=7, steward=steward.email, verbosity=0)
+        dataset = Dataset.objects.get(name=demo.dataset)
         self.step(f"Dataset {dataset.name}: {dataset.records.count()} records of {dataset.patients.count()} patients.")
-        if not BaseModel.objects.filter(name="demo-text-lm").exists():
-            self.step("Building the demo base model (no download; a minute or two)...")
-            call_command("build_demo_models", verbosity=0)
-        model = BaseModel.objects.get(name="demo-text-lm")
+        if not BaseModel.objects.filter(name=demo.model).exists():
+            self.step(f"Building the demo base model {demo.model} (no download; a minute or two)...")
+            call_command("build_demo_models", model=[demo.model], verbosity=0)
+        model = BaseModel.objects.get(name=demo.model)
         training.base_model_verify(model)
         self.step(f"Base model {model.name} verified against its registered sha256 ({len(model.files)} files).")
         egress.signing_key_create()
 
-        project = governance.project_create(by=researcher, title=f"Discharge-summary drafting ({tag})",
+        project = governance.project_create(by=researcher, title=f"{demo.project} ({tag})",
                                             lay_summary="Help clinicians draft discharge summaries.", sponsor=sponsor_org)
         today = timezone.localdate()
         ethics = governance.ethics_submit(by=researcher, project=project, committee="North Research Ethics Committee",
@@ -94,12 +118,12 @@ class Command(BaseCommand):
         governance.ethics_verify(approval=ethics, by=officer)
         self.step(f"Ethics approval {ethics.reference} submitted by the researcher and verified by the officer.")
 
-        recipe = {"epochs": epochs}
+        recipe = {**demo.recipe, "epochs": epochs}
         if dp_epsilon is not None:
             recipe["dp"] = {"target_epsilon": dp_epsilon, "delta": 1e-5, "max_grad_norm": 1.0}
         request = governance.request_create(
-            by=researcher, project=project, datasets=[dataset], title="Draft discharge summaries", purpose="Drafting aid.",
-            modality="text", cohort_definition={"age": {"min": 18}}, base_model_name=model.name, recipe=recipe,
+            by=researcher, project=project, datasets=[dataset], title=demo.request, purpose=demo.purpose,
+            modality=demo.modality, cohort_definition=demo.cohort, base_model_name=model.name, recipe=recipe,
             ethics_approval=ethics, requested_epsilon=dp_epsilon,
         )
         preview = governance.cohort_preview(by=researcher, datasets=[dataset], definition=request.cohort_definition)

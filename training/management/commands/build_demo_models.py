@@ -1,24 +1,61 @@
-"""Build the small demo base models here (no download) and register them like real weights."""
+"""Build the small demo base models here (no download) and register them like real weights.
+
+One entry per demo model in ``DEMO_MODELS``: a builder that writes a complete model folder
+(config, weights, tokenizer or processor) through the same code path real weights use, and the
+registry facts. Each modality adds its entry; ``--model`` builds one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 
 from django.conf import settings
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
-from governance.synthetic import generate_hospital, synthetic_corpus
 from training import services
 from training.models import BaseModel
 
 
+@dataclass(frozen=True)
+class DemoModel:
+    build: Callable[[Path, int], None]  # (folder, patients for the corpus) -> writes the folder
+    family: str
+    modality: str
+    public_name: str
+    licence: str = "Apache-2.0 (demo)"
+
+
+def _build_text_lm(folder: Path, patients: int) -> None:
+    from governance.synthetic import generate_hospital, synthetic_corpus
+    from training.runtime.build import build_text_lm
+
+    # A different seed from the demo dataset's, so the base model has not seen those notes.
+    corpus = list(synthetic_corpus(generate_hospital(patients, seed=1001)))
+    build_text_lm(folder, corpus, pretrain_epochs=1, seed=0)
+
+
+DEMO_MODELS: dict[str, DemoModel] = {
+    "demo-text-lm": DemoModel(_build_text_lm, family="llama", modality="text",
+                              public_name="Rapha demo text LM (Llama-style, 2 layers)"),
+}
+
+
 class Command(BaseCommand):
-    help = "Build demo-text-lm (Llama-style, tokenizer trained on the synthetic corpus) and register it."
+    help = "Build the demo base models (no download: configs, tokenizers trained on synthetic data) and register them."
 
     def add_arguments(self, parser):
         parser.add_argument("--force", action="store_true", help="Rebuild even if registered and intact.")
         parser.add_argument("--patients", type=int, default=150, help="Synthetic patients for the corpus.")
+        parser.add_argument("--model", action="append", choices=sorted(DEMO_MODELS),
+                            help="Build only this model (repeatable; default: all).")
 
-    def handle(self, *args, force, patients, **options):
-        from training.runtime.build import build_text_lm
+    def handle(self, *args, force, patients, model, **options):
+        for name in model or sorted(DEMO_MODELS):
+            self._build(name, DEMO_MODELS[name], force=force, patients=patients)
 
-        name = "demo-text-lm"
+    def _build(self, name: str, demo: DemoModel, *, force: bool, patients: int) -> None:
         existing = BaseModel.objects.filter(name=name).first()
         if existing and not force:
             try:
@@ -28,11 +65,12 @@ class Command(BaseCommand):
             except services.BaseModelIntegrityError:
                 pass
         folder = settings.MODELS_ROOT / name
-        # A different seed from the demo dataset's, so the base model has not seen those notes.
-        corpus = list(synthetic_corpus(generate_hospital(patients, seed=1001)))
-        build_text_lm(folder, corpus, pretrain_epochs=1, seed=0)
-        model = services.base_model_register(
-            by=None, path=folder, name=name, family="llama", modality="text", licence="Apache-2.0 (demo)",
-            public_name="Rapha demo text LM (Llama-style, 2 layers)",
+        try:
+            demo.build(folder, patients)
+        except Exception as exc:  # noqa: BLE001 -- say which model failed, keep the cause
+            raise CommandError(f"Building {name} failed: {exc}") from exc
+        registered = services.base_model_register(
+            by=None, path=folder, name=name, family=demo.family, modality=demo.modality, licence=demo.licence,
+            public_name=demo.public_name,
         )
-        self.stdout.write(f"Built and registered {name} at {folder} ({len(model.files)} files).")
+        self.stdout.write(f"Built and registered {name} at {folder} ({len(registered.files)} files).")

@@ -54,6 +54,13 @@ class Recipe(ABC):
     has_token_scores: ClassVar[bool] = False  # token_losses() exists (min-k% probability)
     can_generate: ClassVar[bool] = False  # greedy continuations (extraction)
     can_plant_canaries: ClassVar[bool] = False
+    # memorisation() exists: the recipe generates samples inside the sandbox and reports how many
+    # reproduce (or lie close to) training items versus held-out items -- aggregate numbers only.
+    can_sample: ClassVar[bool] = False
+    # Membership inference per patient (scores averaged over a patient's records) rather than per
+    # record: the right unit when one patient has several recordings, images or notes, since the
+    # question a reviewer asks is "can an attacker tell this PERSON was in training".
+    membership_by_patient: ClassVar[bool] = False
 
     def __init__(self, spec: JobSpec, device: Any) -> None:
         self.spec = spec
@@ -98,6 +105,31 @@ class Recipe(ABC):
         if wrong:
             raise SpecError(f"{where}: wrong type for {', '.join(wrong)}")
         return Record(obj["record"], obj["patient"], {k: obj[k] for k in self.payload_fields})
+
+    def data_file(self, relative: str) -> Path:
+        """A staged file named by a payload field (``images/r-000001.npy``), inside ``data_dir``.
+
+        Staged JSONL names files relative to the data directory; anything absolute or climbing out
+        of it is refused, so a payload can only ever point at what staging wrote.
+        """
+        base = Path(self.spec.data_dir).resolve()
+        path = (base / relative).resolve()
+        if Path(relative).is_absolute() or base not in path.parents:
+            raise SpecError("a staged record names a file outside the data directory")
+        if not path.is_file():
+            raise SpecError(f"a staged record names a missing file ({Path(relative).name})")
+        return path
+
+    def memorisation(self, model: Any, members: list[Record], nonmembers: list[Record], *, seed: int) -> dict:
+        """Generate samples and compare them with members and non-members (``can_sample`` recipes).
+
+        Returns the audit schema's ``memorisation`` object (see ``schema.MEMORISATION``): how many
+        samples were drawn, what share of them match a member versus a non-member (exact
+        reproduction for sequences; nearest-neighbour distance under a threshold for images),
+        the one-sided p-value of the difference, and optionally median nearest distances.
+        Compare against equally many members and non-members so the two rates are comparable.
+        """
+        raise SpecError(f"sampling is not supported for modality {self.modality!r}")
 
     def plant_canaries(self, records: list[Record], canaries: list) -> list[Record]:
         raise SpecError(f"canaries are not supported for modality {self.modality!r}")

@@ -318,8 +318,9 @@ def release_create(*, adapter: Adapter, organisation: Organisation, by: User, te
     facts = _release_facts(adapter)
     files = {
         ADAPTER_FILE: adapter_bytes,
-        "adapter_config.json": (json.dumps(build_adapter_config(recipe, base_model_name=model.public_name,
-                                                                expected=expected), indent=2, sort_keys=True) + "\n").encode(),
+        "adapter_config.json": (json.dumps(build_adapter_config(recipe, base_model_name=model.public_name, expected=expected,
+                                                                task_type=_peft_task_type(model.modality)),
+                                           indent=2, sort_keys=True) + "\n").encode(),
         "README.md": build_model_card(recipe, base_model_name=model.public_name, expected=expected,
                                       adapter_sha256=adapter.sha256, rounded_to_bf16=adapter.rewrite.get("rounded_to_bf16", False),
                                       facts={k: str(v) for k, v in facts["card"].items()}).encode(),
@@ -399,6 +400,13 @@ def _read_member(zip_path: Path, name: str) -> bytes:
 
     with zipfile.ZipFile(zip_path) as archive:
         return archive.read(name)
+
+
+def _peft_task_type(modality: str) -> str | None:
+    """The peft task type the sandbox trained with (it decides the PeftModel class a sponsor loads)."""
+    from training.runtime.recipes import recipe_class
+
+    return recipe_class(modality).peft_task_type
 
 
 def _release_facts(adapter: Adapter) -> dict:

@@ -20,6 +20,7 @@ BENCHES = {
     "bench_cohort.py": "Cohort counting over a million-record index",
     "bench_validate.py": "Egress validation of a 512 MB adapter",
     "bench_training.py": "Training in the sandbox versus on the host",
+    "bench_dp.py": "DP-SGD versus plain LoRA training",
 }
 MARKER = "----- markdown -----"
 

@@ -128,14 +128,9 @@ def cohort_display(adapter: Adapter) -> str:
 
 def dp_facts(adapter: Adapter) -> dict | None:
     """The DP-SGD guarantee the job reached, when its recipe asked for one."""
-    job = adapter.job
-    dp = job.recipe.get("dp")
-    if not dp:
-        return None
-    metrics = job.final_metrics or {}
-    return {"target_epsilon": dp.get("target_epsilon"), "epsilon": metrics.get("epsilon"), "delta": dp.get("delta"),
-            "max_grad_norm": dp.get("max_grad_norm"), "noise_multiplier": metrics.get("noise_multiplier"),
-            "sample_rate": metrics.get("sample_rate")}
+    from egress.services import dp_guarantee
+
+    return dp_guarantee(adapter.job)
 
 
 def manifest_summary(manifest: dict) -> list[tuple[str, str]]:
@@ -154,7 +149,13 @@ def manifest_summary(manifest: dict) -> list[tuple[str, str]]:
     if job.get("eval_loss_base") is not None and job.get("eval_loss_adapted") is not None:
         rows.append(("Held-out loss", f"{job['eval_loss_base']:.3f} → {job['eval_loss_adapted']:.3f}"))
     if dp:
-        rows.append(("Differential privacy", f"ε = {dp.get('epsilon')}, δ = {dp.get('delta')} per patient"))
+        rows.append(("Differential privacy", f"ε = {dp.get('epsilon')}, δ = {dp.get('delta')} per patient "
+                     f"(noise {dp.get('noise_multiplier')}, clipping {dp.get('max_grad_norm')}, sample rate "
+                     f"{dp.get('sample_rate')}, {dp.get('epochs')} epochs, {dp.get('accountant', 'prv').upper()} accountant)"))
+    for budget in manifest.get("privacy_budget") or []:
+        rows.append((f"Privacy budget ({budget['dataset']})",
+                     f"spent ε {budget['epsilon_spent']:.4g}; {budget['remaining_epsilon']:.4g} of {budget['budget_epsilon']:g} "
+                     f"remains per {budget['period_days']} days ({budget['composition']} composition)"))
     gates = (manifest.get("audit") or {}).get("gates") or []
     if gates:
         by_status: dict[str, list[str]] = {}

@@ -346,32 +346,38 @@ def release_create(*, adapter: Adapter, organisation: Organisation, by: User, te
         "released_at": timezone.now().isoformat(),
         "terms_sha256": hashlib.sha256(terms.encode()).hexdigest(),
     }
-    with transaction.atomic():
-        adapter_locked = Adapter.objects.select_for_update().get(pk=adapter.pk)
-        if adapter_locked.status not in (A.APPROVED, A.RELEASED):
-            raise EgressError(f"The adapter became {adapter_locked.get_status_display().lower()} meanwhile; not released.")
-        if Release.objects.filter(adapter=adapter_locked, organisation=organisation).exists():
-            raise EgressError(f"This adapter has already been released to {organisation.name}.")
-        release = Release(adapter=adapter_locked, organisation=organisation, terms=terms,
-                          terms_sha256=manifest["terms_sha256"], created_by=by)
-        manifest["release_id"] = str(release.pk)
-        folder = settings.RELEASES_ROOT / str(release.pk)
-        folder.mkdir(parents=True, exist_ok=True)
-        zip_path = folder / "release.zip"
-        digest = build_release_zip(zip_path, files, manifest, key)
-        full_manifest = json.loads(_read_member(zip_path, "manifest.json"))
-        release.zip_path = str(zip_path)
-        release.zip_sha256 = training_services.sha256_file(zip_path)
-        release.manifest = full_manifest
-        release.manifest_sha256 = digest
-        release.signature = _read_member(zip_path, "manifest.sig").decode().strip()
-        release.save()
-        if adapter_locked.status != A.RELEASED:
-            release.adapter = adapter_transition(adapter=adapter_locked, to=A.RELEASED, by=by, payload={
-                "release": str(release.pk), "organisation": organisation.name, "manifest_sha256": digest})
-        record_event(actor=by, verb="release.created", target=release,
-                     payload={"adapter": str(adapter.pk), "organisation": organisation.name, "manifest_sha256": digest,
-                              "zip_sha256": release.zip_sha256})
+    try:
+        with transaction.atomic():
+            adapter_locked = Adapter.objects.select_for_update().get(pk=adapter.pk)
+            if adapter_locked.status not in (A.APPROVED, A.RELEASED):
+                raise EgressError(f"The adapter became {adapter_locked.get_status_display().lower()} meanwhile; not released.")
+            if Release.objects.filter(adapter=adapter_locked, organisation=organisation).exists():
+                raise EgressError(f"This adapter has already been released to {organisation.name}.")
+            manifest["privacy_budget"] = _spend_privacy_budget(adapter_locked, request, facts["dp"], by=by)
+            release = Release(adapter=adapter_locked, organisation=organisation, terms=terms,
+                              terms_sha256=manifest["terms_sha256"], created_by=by)
+            manifest["release_id"] = str(release.pk)
+            folder = settings.RELEASES_ROOT / str(release.pk)
+            folder.mkdir(parents=True, exist_ok=True)
+            zip_path = folder / "release.zip"
+            digest = build_release_zip(zip_path, files, manifest, key)
+            full_manifest = json.loads(_read_member(zip_path, "manifest.json"))
+            release.zip_path = str(zip_path)
+            release.zip_sha256 = training_services.sha256_file(zip_path)
+            release.manifest = full_manifest
+            release.manifest_sha256 = digest
+            release.signature = _read_member(zip_path, "manifest.sig").decode().strip()
+            release.save()
+            if adapter_locked.status != A.RELEASED:
+                release.adapter = adapter_transition(adapter=adapter_locked, to=A.RELEASED, by=by, payload={
+                    "release": str(release.pk), "organisation": organisation.name, "manifest_sha256": digest})
+            record_event(actor=by, verb="release.created", target=release,
+                         payload={"adapter": str(adapter.pk), "organisation": organisation.name, "manifest_sha256": digest,
+                                  "zip_sha256": release.zip_sha256})
+    except BudgetRefused as exc:
+        # Audited outside the rolled-back transaction, so the refusal stays on record.
+        record_event_now(actor=by, verb="release.refused", target=adapter, payload={"reason": str(exc)})
+        raise
     return release
 
 
@@ -402,11 +408,49 @@ def _read_member(zip_path: Path, name: str) -> bytes:
         return archive.read(name)
 
 
+class BudgetRefused(EgressError):
+    """The release would pass a dataset's privacy budget, or spends ε an adapter did not report."""
+
+
+def _spend_privacy_budget(adapter: Adapter, request, dp: dict | None, *, by: User) -> list[dict]:
+    """Spend the adapter's ε on each budgeted dataset (once per adapter); the manifest's ledger facts.
+
+    Runs inside the release's transaction: a refusal is audited on its own and releases nothing.
+    """
+    from governance import privacy_budget
+
+    try:
+        entries = privacy_budget.budget_spend(
+            request=request, epsilon=(dp or {}).get("epsilon"), delta=(dp or {}).get("delta"), reference=str(adapter.pk), by=by)
+    except ValidationError as exc:
+        raise BudgetRefused(exc.messages[0]) from None
+    facts = []
+    for entry in entries:
+        status = privacy_budget.budget_status(entry.dataset)
+        facts.append({"dataset": entry.dataset.name, "epsilon_spent": entry.epsilon, "budget_epsilon": status.budget,
+                      "remaining_epsilon": round(status.remaining, 6), "period_days": status.period_days,
+                      "composition": privacy_budget.COMPOSITION})
+    return facts
+
+
 def _peft_task_type(modality: str) -> str | None:
     """The peft task type the sandbox trained with (it decides the PeftModel class a sponsor loads)."""
     from training.runtime.recipes import recipe_class
 
     return recipe_class(modality).peft_task_type
+
+
+def dp_guarantee(job) -> dict | None:
+    """The DP-SGD guarantee a job reached, when its recipe asked for one: what the review page and
+    the signed manifest both show (ε from the accountant, δ, noise, clipping, sampling, steps)."""
+    dp = job.recipe.get("dp")
+    if not dp:
+        return None
+    metrics = job.final_metrics or {}
+    return {"target_epsilon": dp.get("target_epsilon"), "epsilon": metrics.get("epsilon"), "delta": dp.get("delta"),
+            "noise_multiplier": metrics.get("noise_multiplier"), "max_grad_norm": dp.get("max_grad_norm"),
+            "sample_rate": metrics.get("sample_rate"), "steps": metrics.get("total_steps"),
+            "epochs": job.recipe.get("epochs"), "accountant": "prv", "unit": "patient"}
 
 
 def _release_facts(adapter: Adapter) -> dict:
@@ -415,13 +459,7 @@ def _release_facts(adapter: Adapter) -> dict:
 
     cohort = adapter.job.request.cohort
     disclosed = disclosed_count(cohort.patient_count, policy_current())
-    dp = adapter.job.recipe.get("dp")
-    metrics = adapter.job.final_metrics
-    dp_facts = None
-    if dp:
-        dp_facts = {"epsilon": metrics.get("epsilon"), "delta": dp.get("delta"), "noise_multiplier": metrics.get("noise_multiplier"),
-                    "max_grad_norm": dp.get("max_grad_norm"), "sample_rate": metrics.get("sample_rate"),
-                    "epochs": adapter.job.recipe.get("epochs"), "accountant": "prv", "unit": "patient"}
+    dp_facts = dp_guarantee(adapter.job)
     card = {"Cohort size (patients, rounded)": disclosed["display"], "Validation": "passed",
             "Privacy audit": "passed", "Reviewers": "two independent privacy reviewers"}
     if dp_facts:

@@ -19,6 +19,7 @@ from portal.models import Organisation, User
 DATE_INPUT = forms.DateInput(attrs={"type": "date"}, format="%Y-%m-%d")
 CONDITION_SYSTEM_CHOICES = [("", "Any (no condition filter)"), ("icd10", "ICD-10"), ("snomed", "SNOMED CT")]
 RECIPE_FIELDS = ("rank", "alpha", "learning_rate", "epochs")
+DP_FIELDS = {"epsilon": "target_epsilon", "delta": "delta", "max_grad_norm": "max_grad_norm"}
 
 
 def add_service_errors(exc: ValidationError, form: forms.Form, routes: dict[str, tuple[forms.Form, str | None]] | None = None) -> None:
@@ -140,6 +141,19 @@ class RequestForm(forms.Form):
     alpha = forms.IntegerField(required=False, label="LoRA alpha")
     learning_rate = forms.FloatField(required=False, label="Learning rate", widget=forms.NumberInput(attrs={"step": "any"}))
     epochs = forms.IntegerField(required=False)
+    dp_epsilon = forms.FloatField(
+        required=False, label="Differential privacy: target ε", widget=forms.NumberInput(attrs={"step": "any"}),
+        help_text="Per patient, spent from each dataset's privacy budget when the adapter is released. "
+                  "Empty: no differential privacy (not allowed on datasets with a budget).",
+    )
+    dp_delta = forms.FloatField(
+        required=False, label="δ", widget=forms.NumberInput(attrs={"step": "any"}),
+        help_text="Empty: 10⁻⁵, or 0.1 / patients for cohorts above 10,000. Must stay below 1 / patients.",
+    )
+    dp_max_grad_norm = forms.FloatField(
+        required=False, label="Clipping norm", widget=forms.NumberInput(attrs={"step": "any"}),
+        help_text="Each patient's gradient is clipped to this norm (default 1.0).",
+    )
     ethics_approval = _EthicsChoice(
         queryset=EthicsApproval.objects.none(), required=False, empty_label="None yet",
         help_text="A request can be saved without one, but not approved until a verified approval is attached.",
@@ -172,12 +186,18 @@ class RequestForm(forms.Form):
             "base_model_name": instance.base_model_name, "ethics_approval": instance.ethics_approval_id,
         }
         initial.update({name: instance.recipe.get(name) for name in RECIPE_FIELDS})
+        dp = instance.recipe.get("dp") or {}
+        initial.update({f"dp_{field}": dp.get(key) for field, key in DP_FIELDS.items()})
         return initial
 
     def recipe(self, previous: dict | None = None) -> dict:
         """The recipe from the form, keeping any settings this form does not show."""
-        recipe = {k: v for k, v in (previous or {}).items() if k not in RECIPE_FIELDS}
+        recipe = {k: v for k, v in (previous or {}).items() if k not in RECIPE_FIELDS and k != "dp"}
         recipe.update({name: self.cleaned_data[name] for name in RECIPE_FIELDS if self.cleaned_data.get(name) is not None})
+        dp = {key: self.cleaned_data[f"dp_{field}"] for field, key in DP_FIELDS.items()
+              if self.cleaned_data.get(f"dp_{field}") is not None}
+        if dp:
+            recipe["dp"] = dp  # the service says what is missing (target ε) or out of bounds
         return recipe
 
 

@@ -79,7 +79,11 @@ class Dataset(models.Model):
     steward = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="stewarded_datasets")
     location = models.CharField(max_length=300, help_text="Where the data lives inside the hospital.")
     min_patients = models.PositiveIntegerField(null=True, blank=True, help_text="Stricter than policy only.")
-    privacy_budget_epsilon = models.FloatField(null=True, blank=True)
+    privacy_budget_epsilon = models.FloatField(
+        null=True, blank=True,
+        help_text="Most total ε (per patient) of adapters released from this dataset within the period; "
+                  "empty: no budget (and then no DP is required).")
+    privacy_budget_period_days = models.PositiveIntegerField(default=365)
     pseudonym_salt = models.CharField(max_length=64, editable=False)
     created_at = models.DateTimeField(default=timezone.now)
 
@@ -252,6 +256,45 @@ class DataAccessRequest(models.Model):
 
     def __str__(self) -> str:
         return self.title
+
+
+class PrivacyBudgetEntry(models.Model):
+    """One line of a dataset's privacy ledger (basic composition: ε adds up).
+
+    A *reservation* is made when a DP request is approved (its requested ε) and stays until the
+    request's first adapter is released (then it is settled by the *spend*) or the request is
+    closed. A *spend* records the ε the accountant reported for a released adapter, once per
+    adapter however many sponsors receive it (post-processing costs nothing). Entries are never
+    deleted or refunded; revoking a release does not un-disclose what was downloaded.
+    """
+
+    class Kind(models.TextChoices):
+        RESERVATION = "reservation", "Reservation (approved request)"
+        SPEND = "spend", "Spend (released adapter)"
+
+    dataset = models.ForeignKey(Dataset, on_delete=models.PROTECT, related_name="privacy_ledger")
+    request = models.ForeignKey(DataAccessRequest, on_delete=models.PROTECT, related_name="privacy_ledger")
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    epsilon = models.FloatField()
+    delta = models.FloatField(null=True, blank=True)
+    reference = models.CharField(max_length=64, blank=True, help_text="Spends: the released adapter's id.")
+    created_at = models.DateTimeField(default=timezone.now)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    closed_at = models.DateTimeField(null=True, blank=True, help_text="Reservations: when settled by a spend or freed.")
+    closed_reason = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        constraints = [
+            models.CheckConstraint(condition=Q(epsilon__gt=0), name="ledger_epsilon_positive"),
+            models.UniqueConstraint(fields=["dataset", "reference"], condition=Q(kind="spend"), name="ledger_one_spend_per_adapter"),
+            models.UniqueConstraint(fields=["dataset", "request"], condition=Q(kind="reservation"),
+                                    name="ledger_one_reservation_per_request"),
+        ]
+        indexes = [models.Index(fields=["dataset", "kind", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} ε={self.epsilon:g} on {self.dataset}"
 
 
 class Cohort(models.Model):

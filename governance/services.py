@@ -16,7 +16,7 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import connection, transaction
 from django.utils import timezone
 
-from governance import hooks
+from governance import hooks, privacy_budget
 from governance.cohorts import (
     CohortDefinitionError,
     cohort_counts,
@@ -409,6 +409,11 @@ def _validate_request_fields(*, project: Project, datasets: list[Dataset], modal
         errors["ethics_approval"] = "That ethics approval belongs to another project."
     if requested_epsilon is not None and not 0 < requested_epsilon <= 100:
         errors["requested_epsilon"] = "ε must be above 0 and at most 100."
+    dp = recipe.get("dp") if isinstance(recipe, dict) else None
+    target = dp.get("target_epsilon") if isinstance(dp, dict) else None
+    if requested_epsilon is not None and "requested_epsilon" not in errors and target != requested_epsilon:
+        errors["requested_epsilon"] = ("ε is what differentially private training targets: set recipe.dp.target_epsilon "
+                                       "to the same value (or leave ε empty to take it from the recipe).")
     normalised = {}
     if datasets:
         try:
@@ -423,6 +428,13 @@ def _validate_request_fields(*, project: Project, datasets: list[Dataset], modal
     return normalised
 
 
+def _dp_target(recipe: Any) -> float | None:
+    """The ε a recipe's DP block targets (the request's ε when it names none)."""
+    dp = recipe.get("dp") if isinstance(recipe, dict) else None
+    target = dp.get("target_epsilon") if isinstance(dp, dict) else None
+    return target if isinstance(target, (int, float)) and not isinstance(target, bool) else None
+
+
 def request_create(
     *, by: User, project: Project, datasets: Iterable[Dataset], title: str, purpose: str, modality: str,
     cohort_definition: Any, base_model_name: str, recipe: dict | None = None,
@@ -431,6 +443,8 @@ def request_create(
     p.check_permission(by, p.REQUEST_CREATE, project=project)
     datasets = list(datasets)
     recipe = recipe or {}
+    if requested_epsilon is None:
+        requested_epsilon = _dp_target(recipe)
     if not title.strip() or not purpose.strip():
         raise ValidationError("A request needs a title and a purpose.")
     definition = _validate_request_fields(
@@ -465,6 +479,8 @@ def request_update(*, request: DataAccessRequest, by: User, **fields: Any) -> Da
             raise TransitionError(f"A request that is {request.get_status_display().lower()} cannot be edited.")
         datasets = list(fields.pop("datasets", request.datasets.all()))
         merged = {name: fields.get(name, getattr(request, name)) for name in allowed - {"datasets"}}
+        if "recipe" in fields and "requested_epsilon" not in fields:
+            merged["requested_epsilon"] = _dp_target(merged["recipe"])  # ε follows the recipe's DP target
         merged["cohort_definition"] = _validate_request_fields(
             project=request.project, datasets=datasets, modality=request.modality,
             cohort_definition=merged["cohort_definition"], base_model_name=merged["base_model_name"],
@@ -502,6 +518,7 @@ def approval_checks(request: DataAccessRequest, *, today: date | None = None) ->
     else:
         checks.append(Check("ethics", True, f"{approval.committee} {approval.reference}, valid until {approval.expires_on}."))
     needed = required_patients(datasets, policy)
+    patients = None
     try:
         definition = validate_definition(request.cohort_definition, datasets)
         records, patients = cohort_counts(datasets, definition)
@@ -512,6 +529,7 @@ def approval_checks(request: DataAccessRequest, *, today: date | None = None) ->
             checks.append(Check("differencing", clash is None, clash or "Clear of every earlier cohort of this project."))
     except CohortDefinitionError as exc:
         checks.append(Check("threshold", False, f"The cohort definition is invalid: {exc}"))
+    checks.extend(Check(*row) for row in privacy_budget.budget_checks(request, datasets, patients=patients))
     for validator in hooks.approval_checks:
         checks.extend(Check(*row) for row in validator(request=request, datasets=datasets))
     return checks
@@ -618,6 +636,8 @@ def request_transition(
         elif to in (R.APPROVED, R.REJECTED, R.CHANGES_REQUESTED):
             policy = policy_current()
             if to == R.APPROVED:
+                # Lock the datasets first: two approvals must not both see the same budget remaining.
+                list(Dataset.objects.select_for_update().filter(pk__in=request.datasets.values("pk")).order_by("pk"))
                 failed = [c for c in approval_checks(request) if not c.passed]
                 if failed:
                     raise ValidationError([f"{c.name}: {c.detail}" for c in failed])
@@ -625,6 +645,9 @@ def request_transition(
                     cohort = _freeze_cohort(request, policy)
                     payload.update(cohort_patients=cohort.patient_count, cohort_records=cohort.record_count,
                                    definition_hash=cohort.definition_hash, split_seed=cohort.split_seed)
+                reserved = privacy_budget.budget_reserve(request=request, by=by)
+                if reserved:
+                    payload["privacy_budget_reserved"] = {e.dataset.name: e.epsilon for e in reserved}
             request.decided_at, request.decided_by = now, by
             request.decision_policy = policy
             request.decision_conditions = conditions
@@ -634,6 +657,7 @@ def request_transition(
             request.suspended_reason = reason
         elif to in (R.CLOSED, R.WITHDRAWN):
             request.closed_at = now
+            privacy_budget.budget_free(request=request, by=by, reason=f"Request {R(to).label.lower()}.")
         if reason:
             payload["reason"] = reason
         request.status = to

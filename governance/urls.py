@@ -27,4 +27,5 @@ urlpatterns = [
     path("review/queue/", access_requests.review_queue, name="review_queue"),
     path("datasets/", datasets.dataset_list, name="dataset_list"),
     path("datasets/<slug:name>/", datasets.dataset_detail, name="dataset_detail"),
+    path("datasets/<slug:name>/budget/", datasets.dataset_budget, name="dataset_budget"),
 ]

@@ -170,7 +170,7 @@ def text_base_model(name: str = "tiny-text"):
 
 
 def request(*, project=None, by: User | None = None, datasets=None, ethics_approval=_CREATE,
-            cohort_definition=None, title: str | None = None, submit: bool = False):
+            cohort_definition=None, title: str | None = None, submit: bool = False, recipe: dict | None = None):
     """A draft data-access request (submitted with `submit=True`), with a verified ethics approval by default."""
     project = project or _new_project()
     by = by or project.principal_investigator
@@ -181,6 +181,7 @@ def request(*, project=None, by: User | None = None, datasets=None, ethics_appro
         by=by, project=project, datasets=datasets if datasets is not None else [dataset_with_patients(5)],
         title=title or f"Request {next(_counter)}", purpose="Fine-tune a summariser.", modality="text",
         cohort_definition=cohort_definition or {}, base_model_name="tiny-text", ethics_approval=ethics_approval,
+        recipe=recipe,
     )
     if submit:
         created = governance_services.request_submit(request=created, by=by)

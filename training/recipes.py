@@ -10,6 +10,7 @@ import re
 from typing import Any
 
 from governance.models import Modality
+from governance.privacy_budget import default_delta
 from training.runtime.recipes import modalities as runtime_modalities, recipe_class
 
 DEFAULT_TARGET_MODULES = {
@@ -45,6 +46,7 @@ QUANTIZATIONS = ("auto", "nf4", "none")
 # What this portal can train: exactly the modalities the sandbox runtime has a recipe for.
 SUPPORTED_MODALITIES = frozenset(Modality(m) for m in runtime_modalities())
 _MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+DP_DEFAULT_MAX_GRAD_NORM = 1.0
 DP_BOUNDS = {"target_epsilon": (0.1, 50.0), "delta": (1e-12, 1e-3), "max_grad_norm": (0.01, 100.0)}
 
 
@@ -88,8 +90,10 @@ def recipe_errors(recipe: dict, *, family: str | None) -> dict[str, str]:
     return errors
 
 
-def resolve_recipe(recipe: dict, *, family: str, modality: str = Modality.TEXT) -> dict:
+def resolve_recipe(recipe: dict, *, family: str, modality: str = Modality.TEXT, patients: int | None = None) -> dict:
     """The full recipe a job runs: the request's values over the defaults.
+
+    A DP block gets its defaults too: δ well below 1/patients of the frozen cohort, clipping 1.0.
 
     LoRA targets, when the request names none: this portal's (smaller) choice for the text
     families above, else the runtime recipe's default for the model family.
@@ -100,4 +104,6 @@ def resolve_recipe(recipe: dict, *, family: str, modality: str = Modality.TEXT) 
         targets = DEFAULT_TARGET_MODULES.get(family) if modality == Modality.TEXT else None
         targets = targets or recipe_class(modality).default_target_modules.get(family) or ("q_proj", "v_proj")
         resolved["target_modules"] = list(targets)
+    if resolved.get("dp"):
+        resolved["dp"] = {"delta": default_delta(patients or 1), "max_grad_norm": DP_DEFAULT_MAX_GRAD_NORM, **resolved["dp"]}
     return resolved

@@ -181,7 +181,8 @@ def job_start(*, request: DataAccessRequest, by: User) -> TrainingJob:
         model = BaseModel.objects.get(name=request.base_model_name)
         job = TrainingJob.objects.create(
             request=request, base_model=model, created_by=by,
-            recipe=recipes.resolve_recipe(request.recipe, family=model.family, modality=request.modality),
+            recipe=recipes.resolve_recipe(request.recipe, family=model.family, modality=request.modality,
+                                          patients=request.cohort.patient_count),
         )
         record_event(actor=by, verb="job.queued", target=job, payload={"request": request.pk, "recipe": job.recipe,
                                                                       "base_model": model.name})

@@ -8,7 +8,7 @@ from django.core.exceptions import ValidationError
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
 
-from governance import selectors, services
+from governance import privacy_budget, selectors, services
 from governance.forms import (
     ApproveForm,
     CohortForm,
@@ -177,6 +177,8 @@ def _request_page(request, obj: DataAccessRequest, *, status: int = 200, errors=
         "checks": services.approval_checks(obj) if is_officer and decidable else None,
         "estimate": None if is_officer or not datasets or obj.status not in REQUEST_OPEN_STATES else _estimate(request, obj, datasets),
         "cohort": cohort,
+        "budgets": [privacy_budget.budget_status(d) for d in datasets],
+        "requested_dp": privacy_budget.requested_dp(obj),
         "cohort_patients": shown_count(user, cohort.patient_count, cohort.policy) if cohort else None,
         "cohort_records": shown_count(user, cohort.record_count, cohort.policy) if cohort else None,
         "history": [(event, HISTORY_LABELS.get(event.verb, event.verb)) for event in AuditEvent.objects.filter(

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from django import forms
+from django.contrib import messages
+from django.core.exceptions import ValidationError
 from django.db.models import Count, Max, Min
-from django.shortcuts import get_object_or_404, render
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
 
-from governance import selectors, services
-from governance.models import Dataset, Record
+from governance import privacy_budget, selectors, services
+from governance.forms import add_service_errors
+from governance.models import Dataset, PrivacyBudgetEntry, Record
 from governance.views._common import sees_exact_counts, shown_count
 from portal import permissions as p
 
@@ -19,8 +24,15 @@ def dataset_list(request):
     return render(request, "governance/dataset_list.html", {"datasets": datasets})
 
 
+class BudgetForm(forms.Form):
+    privacy_budget_epsilon = forms.FloatField(
+        required=False, label="Budget (total ε per patient)", widget=forms.NumberInput(attrs={"step": "any"}),
+        help_text="The most ε that released adapters may spend on this dataset within the period. Empty: no budget.")
+    privacy_budget_period_days = forms.IntegerField(label="Period (days)", min_value=1)
+
+
 @p.permission_required(p.DATASET_VIEW)
-def dataset_detail(request, name: str):
+def dataset_detail(request, name: str, *, budget_form: BudgetForm | None = None, status: int = 200):
     user = request.user
     dataset = get_object_or_404(Dataset.objects.select_related("steward"), name=name)
     policy = services.policy_current()
@@ -39,5 +51,29 @@ def dataset_detail(request, name: str):
         "by_sex": [(sex, shown_count(user, n, policy)) for sex, n in by_sex],
         "threshold": services.required_patients([dataset], policy),
         "policy": policy,
+        "budget": privacy_budget.budget_status(dataset),
+        "ledger": PrivacyBudgetEntry.objects.filter(dataset=dataset).select_related("request")[:50],
+        "can_manage": p.has_permission(user, p.POLICY_EDIT),
+        "budget_form": budget_form or BudgetForm(initial={
+            "privacy_budget_epsilon": dataset.privacy_budget_epsilon,
+            "privacy_budget_period_days": dataset.privacy_budget_period_days}),
     }
-    return render(request, "governance/dataset_detail.html", context)
+    return render(request, "governance/dataset_detail.html", context, status=status)
+
+
+@require_POST
+@p.permission_required(p.POLICY_EDIT)
+def dataset_budget(request, name: str):
+    dataset = get_object_or_404(Dataset, name=name)
+    form = BudgetForm(request.POST)
+    if form.is_valid():
+        try:
+            privacy_budget.dataset_set_budget(
+                dataset=dataset, epsilon=form.cleaned_data["privacy_budget_epsilon"],
+                period_days=form.cleaned_data["privacy_budget_period_days"], by=request.user)
+        except ValidationError as exc:
+            add_service_errors(exc, form)
+        else:
+            messages.success(request, "Privacy budget saved.")
+            return redirect("governance:dataset_detail", name=dataset.name)
+    return dataset_detail(request, name, budget_form=form, status=400)

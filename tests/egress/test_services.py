@@ -974,3 +974,57 @@ def test_release_create_second_organisation_gets_its_own_signed_release():
     assert Adapter.objects.get(pk=first.adapter.pk).status == Adapter.Status.RELEASED
     with pytest.raises(egress.EgressError, match="already been released"):
         egress.release_create(adapter=first.adapter, organisation=second_org, by=factories.officer())
+
+
+# The privacy budget at release ---------------------------------------------------------------
+
+@pytest.fixture
+def cast(db):
+    return flow.cast()
+
+
+def _dp_adapter(cast, *, budget: float | None, epsilon: float = 7.6, dp: bool = True):
+    from governance import privacy_budget
+
+    recipe = {**flow.TINY_RECIPE, **({"dp": {"target_epsilon": 8.0, "delta": 1e-5, "max_grad_norm": 1.0}} if dp else {})}
+    request = flow.approved_request(cast=cast, recipe=recipe)
+    dataset = request.datasets.get()
+    if budget is not None:  # set after approval: the release itself must hold the line
+        dataset = privacy_budget.dataset_set_budget(dataset=dataset, epsilon=budget, period_days=365, by=cast.officer)
+    metrics = {"epsilon": epsilon, "noise_multiplier": 0.9, "sample_rate": 0.1, "total_steps": 24} if dp else {}
+    job = flow.succeeded_job(request=request, final_metrics=metrics)
+    return flow.approved_adapter(adapter=flow.adapter_in_review(job=job)), dataset
+
+
+def test_a_release_spends_the_reported_epsilon_once_and_revocation_refunds_nothing(cast):
+    from governance import privacy_budget
+
+    adapter, dataset = _dp_adapter(cast, budget=20.0)
+    first = flow.release(adapter=adapter, officer=cast.officer)
+    flow.release(adapter=adapter, officer=cast.officer)  # a second sponsor: post-processing, no new spend
+    assert privacy_budget.budget_status(dataset).remaining == pytest.approx(12.4)
+    [facts] = first.manifest["privacy_budget"]
+    assert facts == {"dataset": dataset.name, "epsilon_spent": 7.6, "budget_epsilon": 20.0, "remaining_epsilon": 12.4,
+                     "period_days": 365, "composition": "basic"}
+    dp = first.manifest["differential_privacy"]
+    assert (dp["epsilon"], dp["delta"], dp["noise_multiplier"], dp["max_grad_norm"], dp["sample_rate"], dp["steps"],
+            dp["accountant"]) == (7.6, 1e-5, 0.9, 1.0, 0.1, 24, "prv")
+
+    egress.release_revoke(release=first, by=cast.officer, reason="Sponsor breached the terms.")
+    assert privacy_budget.budget_status(dataset).remaining == pytest.approx(12.4)
+
+
+def test_a_release_past_the_budget_is_refused_audited_and_leaves_nothing(cast):
+    adapter, dataset = _dp_adapter(cast, budget=5.0)
+    with pytest.raises(egress.EgressError, match="would exceed the privacy budget"):
+        flow.release(adapter=adapter, officer=cast.officer)
+    adapter.refresh_from_db()
+    assert adapter.status == Adapter.Status.APPROVED and not adapter.releases.exists()
+    assert not dataset.privacy_ledger.filter(kind="spend").exists()
+    assert AuditEvent.objects.filter(verb="release.refused", target_id=str(adapter.pk)).exists()
+
+
+def test_a_non_dp_adapter_cannot_leave_a_budgeted_dataset(cast):
+    adapter, _ = _dp_adapter(cast, budget=5.0, dp=False)
+    with pytest.raises(egress.EgressError, match="reports no ε"):
+        flow.release(adapter=adapter, officer=cast.officer)

@@ -186,6 +186,8 @@ ENDPOINTS = {
                      {**OFFICER_ACTS, "officer": OK}),
     "dataset_list": ("get", lambda w: reverse("governance:dataset_list"), None, DATASETS),
     "dataset_detail": ("get", lambda w: reverse("governance:dataset_detail", args=[w.dataset.name]), None, DATASETS),
+    "dataset_budget": ("post", lambda w: reverse("governance:dataset_budget", args=[w.dataset.name]),
+                       lambda w: {"privacy_budget_epsilon": "10", "privacy_budget_period_days": "365"}, OFFICER_ACTS),
 }
 
 

@@ -15,6 +15,9 @@ from typing import IO
 from .schema import validate_progress_line
 
 PROGRESS_FILE = "progress.jsonl"
+# The DP accounting facts are written whole: anyone can recompute ε from them with Opacus'
+# accountant and must get exactly the recorded figure.
+EXACT_KEYS = frozenset({"epsilon", "noise_multiplier", "sample_rate"})
 MAX_LINES = 200  # enough to draw a curve; keeps the file small for long jobs
 
 
@@ -44,7 +47,7 @@ class ProgressWriter:
         )
 
     def write(self, **values: float) -> None:
-        line = {key: _plain_number(value) for key, value in values.items()}
+        line = {key: _plain_number(value, exact=key in EXACT_KEYS) for key, value in values.items()}
         if validate_progress_line(line) is None:
             raise ValueError(f"progress line fails the schema (keys: {sorted(line)})")
         self._file.write(json.dumps(line, separators=(",", ":")) + "\n")
@@ -54,11 +57,13 @@ class ProgressWriter:
         self._file.close()
 
 
-def _plain_number(value: float) -> int | float:
-    """Round floats to 6 significant digits; keep ints (step counts, flags) as ints."""
+def _plain_number(value: float, *, exact: bool = False) -> int | float:
+    """Round floats to 6 significant digits (exact: keep them whole); keep ints (step counts, flags) as ints."""
     if isinstance(value, bool):
         return int(value)
     if isinstance(value, int):
         return value
     value = float(value)
-    return float(f"{value:.6g}") if math.isfinite(value) else value
+    if exact or not math.isfinite(value):
+        return value
+    return float(f"{value:.6g}")

@@ -152,7 +152,7 @@ class RequestForm(forms.Form):
     )
     dp_max_grad_norm = forms.FloatField(
         required=False, label="Clipping norm", widget=forms.NumberInput(attrs={"step": "any"}),
-        help_text="Each patient's gradient is clipped to this norm (default 1.0).",
+        help_text="Each patient's gradient is clipped to this norm (default 0.1).",
     )
     ethics_approval = _EthicsChoice(
         queryset=EthicsApproval.objects.none(), required=False, empty_label="None yet",

@@ -11,13 +11,27 @@ import re
 from dataclasses import dataclass
 from datetime import date
 
-DOCUMENT_TYPES = (
+# Clinical notes (text datasets; the synthetic hospital writes each of them).
+NOTE_TYPES = (
     "discharge_summary",
     "clinic_letter",
     "operative_note",
     "radiology_report",
     "pathology_report",
     "progress_note",
+)
+DOCUMENT_TYPES = (
+    *NOTE_TYPES,
+    # Recordings (speech datasets): the record's text is the transcript.
+    "consultation_recording",
+    "dictation",
+    # Molecules datasets (governance/importers/molecules.py): the record's text is the structure.
+    "smiles",  # a compound from a patient's sample, as canonical SMILES
+    "protein_sequence",  # a patient's protein (e.g. a tumour variant), one-letter amino-acid codes
+    # Imaging datasets (governance/importers/dicom.py): one DICOM instance; the text is its study's report.
+    "ct_study",
+    "mr_study",
+    "imaging_study",  # any other modality (CR, DX, US, NM, PT, ...)
 )
 
 CONDITION_SYSTEMS = ("icd10", "snomed")

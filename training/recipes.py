@@ -46,7 +46,10 @@ QUANTIZATIONS = ("auto", "nf4", "none")
 # What this portal can train: exactly the modalities the sandbox runtime has a recipe for.
 SUPPORTED_MODALITIES = frozenset(Modality(m) for m in runtime_modalities())
 _MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
-DP_DEFAULT_MAX_GRAD_NORM = 1.0
+# Per-patient gradients of a mean token loss are small (norms well below 1 on LoRA weights): with
+# clipping at 1.0 the noise, which scales with the clipping norm, drowned them (held-out loss did not
+# move at ε 8 on a hundred patients); at 0.1 nearly every gradient is clipped and the signal survives.
+DP_DEFAULT_MAX_GRAD_NORM = 0.1
 DP_BOUNDS = {"target_epsilon": (0.1, 50.0), "delta": (1e-12, 1e-3), "max_grad_norm": (0.01, 100.0)}
 
 

@@ -163,3 +163,4 @@ def remove_staging(path: Path) -> None:
 
 
 # Modality stagers register themselves on import (one module per modality family).
+from training import staging_imaging  # noqa: E402,F401

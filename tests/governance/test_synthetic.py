@@ -16,7 +16,7 @@ import pytest
 
 from governance.records import (
     CONDITION_SYSTEMS,
-    DOCUMENT_TYPES,
+    NOTE_TYPES,
     age_on,
     format_nhs_number,
     identifier_surface_forms,
@@ -153,13 +153,13 @@ def test_generate_hospital_records_in_date_order_per_patient(hospital):
 
 
 def test_generate_hospital_all_document_types_present(hospital):
-    assert {r.document_type for r in hospital.records} == set(DOCUMENT_TYPES)
+    assert {r.document_type for r in hospital.records} == set(NOTE_TYPES)
 
 
 def test_generate_hospital_text_reads_like_notes(hospital):
     words = [len(r.text.split()) for r in hospital.records]
     assert max(words) <= 450 and min(words) >= 40
-    texts = {t: "\n".join(r.text for r in hospital.records if r.document_type == t) for t in DOCUMENT_TYPES}
+    texts = {t: "\n".join(r.text for r in hospital.records if r.document_type == t) for t in NOTE_TYPES}
     assert "Dear Dr" in texts["clinic_letter"] and "Yours sincerely" in texts["clinic_letter"]
     assert "Impression" in texts["radiology_report"] and "Findings" in texts["radiology_report"]
     assert "Microscopy" in texts["pathology_report"] and "Conclusion" in texts["pathology_report"]

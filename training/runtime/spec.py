@@ -178,7 +178,7 @@ def _parse_dp(raw: Any) -> DPSpec | None:
     return DPSpec(
         target_epsilon=_number(obj["target_epsilon"], "spec.recipe.dp.target_epsilon", low=1e-3, high=1e3),
         delta=_number(obj["delta"], "spec.recipe.dp.delta", low=1e-12, high=0.1),
-        max_grad_norm=_number(obj.get("max_grad_norm", 1.0), "spec.recipe.dp.max_grad_norm", low=1e-6),
+        max_grad_norm=_number(obj.get("max_grad_norm", 0.1), "spec.recipe.dp.max_grad_norm", low=1e-6),
     )
 
 

@@ -449,7 +449,7 @@ def dp_guarantee(job) -> dict | None:
     metrics = job.final_metrics or {}
     return {"target_epsilon": dp.get("target_epsilon"), "epsilon": metrics.get("epsilon"), "delta": dp.get("delta"),
             "noise_multiplier": metrics.get("noise_multiplier"), "max_grad_norm": dp.get("max_grad_norm"),
-            "sample_rate": metrics.get("sample_rate"), "steps": metrics.get("total_steps"),
+            "sample_rate": metrics.get("sample_rate"), "steps": job.total_steps,
             "epochs": job.recipe.get("epochs"), "accountant": "prv", "unit": "patient"}
 
 

@@ -239,6 +239,7 @@ RELEASES_ROOT = Path(env_str("RAPHA_RELEASES_ROOT", str(VAR_DIR / "releases")))
 UPLOADS_ROOT = Path(env_str("RAPHA_UPLOADS_ROOT", str(VAR_DIR / "uploads")))
 SIGNING_KEY_PATH = Path(env_str("RAPHA_SIGNING_KEY", str(VAR_DIR / "keys" / "release-signing.pem")))
 ETHICS_LETTER_MAX_BYTES = env_int("RAPHA_ETHICS_LETTER_MAX_BYTES", 10 * 1024 * 1024, minimum=1024)
+AUDIO_MAX_SECONDS = env_int("RAPHA_AUDIO_MAX_SECONDS", 30, minimum=1)  # longer recordings are refused at import
 IMAGING_EXCLUDE_BURNED_IN = env_bool("RAPHA_IMAGING_EXCLUDE_BURNED_IN", True)  # staging declines BurnedInAnnotation YES
 CODE_VERSION = env_str("RAPHA_CODE_VERSION", "dev")
 

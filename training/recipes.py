@@ -107,6 +107,8 @@ def resolve_recipe(recipe: dict, *, family: str, modality: str = Modality.TEXT, 
         targets = DEFAULT_TARGET_MODULES.get(family) if modality == Modality.TEXT else None
         targets = targets or recipe_class(modality).default_target_modules.get(family) or ("q_proj", "v_proj")
         resolved["target_modules"] = list(targets)
+    if resolved["canaries"] and not recipe_class(modality).can_plant_canaries:
+        resolved["canaries"] = False  # canaries are planted text; this modality's audit probes otherwise
     if resolved.get("dp"):
         resolved["dp"] = {"delta": default_delta(patients or 1), "max_grad_norm": DP_DEFAULT_MAX_GRAD_NORM, **resolved["dp"]}
     return resolved

@@ -82,7 +82,7 @@ class ProgressReader:
             out["quantization"] = "nf4" if latest["qlora"] else "none"
         out["final_metrics"] = {k: v for k, v in latest.items() if k in
                                 ("eval_loss_base", "eval_loss_adapted", "epsilon", "noise_multiplier",
-                                 "sample_rate", "lora_moved", "qlora", "total_steps")}
+                                 "sample_rate", "lora_moved", "qlora")}
         return out
 
 

@@ -163,4 +163,6 @@ def remove_staging(path: Path) -> None:
 
 
 # Modality stagers register themselves on import (one module per modality family).
+from training import staging_speech  # noqa: E402,F401
+from training import staging_molecules  # noqa: E402,F401
 from training import staging_imaging  # noqa: E402,F401

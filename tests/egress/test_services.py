@@ -991,7 +991,7 @@ def _dp_adapter(cast, *, budget: float | None, epsilon: float = 7.6, dp: bool = 
     dataset = request.datasets.get()
     if budget is not None:  # set after approval: the release itself must hold the line
         dataset = privacy_budget.dataset_set_budget(dataset=dataset, epsilon=budget, period_days=365, by=cast.officer)
-    metrics = {"epsilon": epsilon, "noise_multiplier": 0.9, "sample_rate": 0.1, "total_steps": 24} if dp else {}
+    metrics = {"epsilon": epsilon, "noise_multiplier": 0.9, "sample_rate": 0.1} if dp else {}
     job = flow.succeeded_job(request=request, final_metrics=metrics)
     return flow.approved_adapter(adapter=flow.adapter_in_review(job=job)), dataset
 

@@ -30,12 +30,36 @@ class Demo:
     purpose: str
     cohort: dict = field(default_factory=lambda: {"age": {"min": 18}})
     recipe: dict = field(default_factory=dict)  # recipe values beyond the defaults
+    generate_options: dict = field(default_factory=dict)  # further options of the generator command
 
 
 # Keyed by the --modality spelling (vision-language, diffusion, speech, molecules, text).
 DEMOS: dict[str, Demo] = {
     "text": Demo(modality="text", dataset="synthetic-notes", generate="generate_synthetic_hospital", model="demo-text-lm",
                  project="Discharge-summary drafting", request="Draft discharge summaries", purpose="Drafting aid."),
+    "speech": Demo(modality="speech", dataset="synthetic-speech", generate="generate_synthetic_speech",
+                   model="demo-speech", project="Clinic dictation transcription", request="Transcribe clinic dictations",
+                   purpose="A speech-to-text aid for dictations and consultations.",
+                   recipe={"learning_rate": 1e-2}),
+    "molecules": Demo(modality="molecules", dataset="synthetic-molecules", generate="generate_synthetic_molecules",
+                      model="demo-molecule-lm", project="Patient-derived compound generation",
+                      request="Generate compounds like those in the patients' samples",
+                      purpose="A generative model of the compounds found in patients' samples.",
+                      # Compounds only: an adapter trained on a few patients' variant proteins memorises
+                      # their substitutions, which the audit rightly fails. A light adapter: v_proj, rank 4.
+                      cohort={"all": [{"age": {"min": 18}}, {"document_type": ["smiles"]}]},
+                      recipe={"rank": 4, "alpha": 8, "learning_rate": 1e-3, "target_modules": ["v_proj"]}),
+    "vision-language": Demo(modality="vision_language", dataset="synthetic-imaging", generate="generate_synthetic_imaging",
+                            model="demo-vlm", project="Radiology report drafting", request="Draft CT and MR reports from images",
+                            purpose="A drafting aid that proposes a report for a CT chest or MR head image.",
+                            cohort={"all": [{"age": {"min": 18}}, {"document_type": ["ct_study", "mr_study"]}]},
+                            recipe={"learning_rate": 5e-3}, generate_options={"modality": "vision_language"}),
+    "diffusion": Demo(modality="diffusion", dataset="synthetic-imaging-diffusion", generate="generate_synthetic_imaging",
+                      model="demo-diffusion", project="Synthetic scans for teaching radiographers",
+                      request="Generate CT chest and MR head images like the hospital's",
+                      purpose="An image generator for teaching material, trained on adults' CT and MR studies.",
+                      cohort={"all": [{"age": {"min": 18}}, {"document_type": ["ct_study", "mr_study"]}]},
+                      recipe={"learning_rate": 5e-3}, generate_options={"modality": "diffusion"}),
 }
 
 
@@ -72,6 +96,7 @@ class Command(BaseCommand):
         from egress import services as egress
         from egress.models import Adapter
         from egress.verify import VerificationError, verify_release
+        from governance import privacy_budget
         from governance import services as governance
         from governance.models import Dataset
         from portal import services as portal
@@ -96,10 +121,19 @@ class Command(BaseCommand):
         sponsor = person(Role.SPONSOR, "Sam Sponsor", sponsor_org)
         self.step(f"Actors created: researcher, officer, steward, two reviewers, sponsor (suffix {tag}).")
 
-        if not Dataset.objects.filter(name=demo.dataset).exists():
-            call_command(demo.generate, patients=patients, seed=7, steward=steward.email, verbosity=0)
-        dataset = Dataset.objects.get(name=demo.dataset)
+        # A DP round uses its own copy of the data with a privacy budget, so that the plain rounds
+        # (which a budgeted dataset would refuse) keep working on the ordinary one.
+        dataset_name = demo.dataset if dp_epsilon is None else f"{demo.dataset}-dp"
+        if not Dataset.objects.filter(name=dataset_name).exists():
+            call_command(demo.generate, patients=patients, seed=7, steward=steward.email, dataset=dataset_name, verbosity=0,
+                         **demo.generate_options)
+        dataset = Dataset.objects.get(name=dataset_name)
         self.step(f"Dataset {dataset.name}: {dataset.records.count()} records of {dataset.patients.count()} patients.")
+        if dp_epsilon is not None:
+            if dataset.privacy_budget_epsilon is None:
+                dataset = privacy_budget.dataset_set_budget(dataset=dataset, epsilon=max(10.0, 3 * dp_epsilon),
+                                                            period_days=365, by=officer)
+            self.step(f"Privacy budget of {dataset.name}: {privacy_budget.budget_status(dataset).describe()}")
         if not BaseModel.objects.filter(name=demo.model).exists():
             self.step(f"Building the demo base model {demo.model} (no download; a minute or two)...")
             call_command("build_demo_models", model=[demo.model], verbosity=0)
@@ -120,7 +154,9 @@ class Command(BaseCommand):
 
         recipe = {**demo.recipe, "epochs": epochs}
         if dp_epsilon is not None:
-            recipe["dp"] = {"target_epsilon": dp_epsilon, "delta": 1e-5, "max_grad_norm": 1.0}
+            # DP-SGD wants large batches (the noise is added once per batch) and a few epochs; δ and the
+            # clipping norm take the portal's defaults (δ below 1/patients, clipping 0.1).
+            recipe.update(dp={"target_epsilon": dp_epsilon}, batch_size=32, epochs=max(epochs, 3))
         request = governance.request_create(
             by=researcher, project=project, datasets=[dataset], title=demo.request, purpose=demo.purpose,
             modality=demo.modality, cohort_definition=demo.cohort, base_model_name=model.name, recipe=recipe,
@@ -132,6 +168,8 @@ class Command(BaseCommand):
         request = governance.request_approve(request=request, by=officer, conditions="Walkthrough.")
         self.step(f"Request approved by the officer; cohort frozen: {request.cohort.patient_count} patients, "
                   f"{request.cohort.record_count} records (seed {request.cohort.split_seed}).")
+        if dp_epsilon is not None:
+            self.step(f"Approval reserved ε {dp_epsilon:g}: {privacy_budget.budget_status(dataset).describe()}")
 
         self.step(f"Training in the sandbox ({settings.SANDBOX_BACKEND})...")
         job = training.job_start(request=request, by=researcher)
@@ -159,6 +197,11 @@ class Command(BaseCommand):
 
         release = egress.release_create(adapter=adapter, organisation=sponsor_org, by=officer)
         self.step(f"Released to {sponsor_org.name}; manifest sha256 {release.manifest_sha256[:16]}… signed with Ed25519.")
+        dp = release.manifest.get("differential_privacy")
+        if dp:
+            self.step(f"DP-SGD per patient: ε {dp['epsilon']:.3f} (δ {dp['delta']:.2g}, noise {dp['noise_multiplier']:.3f}, "
+                      f"clipping {dp['max_grad_norm']}, sample rate {dp['sample_rate']:.3f}, {dp['steps']} steps, PRV); "
+                      f"the release spent it: {privacy_budget.budget_status(dataset).describe()}")
 
         token, raw = portal.api_token_issue(user=sponsor, name="walkthrough", by=officer, days_valid=1)
         egress.terms_accept(release=release, by=sponsor, token=token)

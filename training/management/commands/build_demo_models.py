@@ -36,9 +36,63 @@ def _build_text_lm(folder: Path, patients: int) -> None:
     build_text_lm(folder, corpus, pretrain_epochs=1, seed=0)
 
 
+def _build_molecule_lm(folder: Path, patients: int) -> None:
+    from governance.synthetic_molecules import synthetic_corpus
+    from training.runtime.build_molecules import build_demo_molecule_lm
+
+    # About four structures a patient, as in the demo dataset; another seed, so none of its patients'.
+    build_demo_molecule_lm(folder, synthetic_corpus(patients * 4, seed=1001), seed=0)
+
+
+def _build_demo_speech(folder: Path, patients: int) -> None:
+    from governance.synthetic_speech import pretraining_audio, synthetic_transcripts
+    from training.runtime.build_speech import build_demo_speech
+
+    # Another seed than the demo dataset's, so the base model has not heard those recordings; the
+    # pre-training audio is capped so that the build stays near a minute on two cores.
+    build_demo_speech(folder, synthetic_transcripts(patients, seed=1001), pretraining_audio(min(patients, 60), seed=1001),
+                      seed=0)
+
+
+def _imaging_pretraining(count: int, *, size: int) -> tuple[list, list[str]]:
+    """Studies of other synthetic patients (seed 1001, not the demo dataset's): images read as the
+    runtime reads staged DICOM ([0, 1] by the file's window), reports as staging leaves them."""
+    import io
+    import re
+
+    from governance.synthetic_imaging import synthetic_images
+    from training.runtime.dicom import read_dicom_image
+
+    studies = synthetic_images(count, seed=1001)
+    images = [read_dicom_image(io.BytesIO(study.dicom), size=size).numpy() for study in studies]
+    return images, [re.sub(r"ACC\d+", "[ACCESSION]", study.report) for study in studies]
+
+
+def _build_demo_vlm(folder: Path, patients: int) -> None:
+    from training.runtime.build_imaging import build_demo_vlm
+
+    images, reports = _imaging_pretraining(min(patients, 200), size=32)
+    build_demo_vlm(folder, reports, images, seed=0)
+
+
+def _build_demo_diffusion(folder: Path, patients: int) -> None:
+    from training.runtime.build_imaging import build_demo_diffusion
+
+    images, _ = _imaging_pretraining(min(patients, 200), size=32)
+    build_demo_diffusion(folder, images, seed=0)
+
+
 DEMO_MODELS: dict[str, DemoModel] = {
     "demo-text-lm": DemoModel(_build_text_lm, family="llama", modality="text",
                               public_name="Rapha demo text LM (Llama-style, 2 layers)"),
+    "demo-vlm": DemoModel(_build_demo_vlm, family="vision-encoder-decoder", modality="vision_language",
+                          public_name="Rapha demo vision-language model (ViT + GPT-2 with cross-attention, 32 px)"),
+    "demo-diffusion": DemoModel(_build_demo_diffusion, family="unet2d", modality="diffusion",
+                                public_name="Rapha demo diffusion model (UNet2D + DDPM, 32 px grey)"),
+    "demo-speech": DemoModel(_build_demo_speech, family="whisper", modality="speech",
+                             public_name="Rapha demo speech model (Whisper-style, 2+2 layers, 8 s window)"),
+    "demo-molecule-lm": DemoModel(_build_molecule_lm, family="llama", modality="molecules",
+                                  public_name="Rapha demo molecule LM (Llama-style, SMILES and protein sequences)"),
 }
 
 

@@ -34,5 +34,7 @@ def modalities() -> list[str]:
 
 # Importing a recipe module registers it.
 from . import text  # noqa: E402,F401
+from . import speech  # noqa: E402,F401
+from . import molecules  # noqa: E402,F401
 
 __all__ = ["Record", "Recipe", "modalities", "recipe_class", "register"]

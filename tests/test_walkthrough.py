@@ -98,17 +98,17 @@ def test_demo_walkthrough_with_dp_spends_the_privacy_budget(settings, capsys):
 @pytest.mark.slow
 @pytest.mark.bubblewrap
 @pytest.mark.django_db(transaction=True)
-@pytest.mark.parametrize("modality,recipe_modality,model,patients", [
-    ("vision-language", "vision_language", "demo-vlm", 110),
-    ("diffusion", "diffusion", "demo-diffusion", 110),
+@pytest.mark.parametrize("modality,recipe_modality,model", [
+    ("vision-language", "vision_language", "demo-vlm"),
+    ("diffusion", "diffusion", "demo-diffusion"),
 ])
-def test_demo_walkthrough_imaging_completes(settings, tmp_path, capsys, modality, recipe_modality, model, patients):
+def test_demo_walkthrough_imaging_completes(settings, tmp_path, capsys, modality, recipe_modality, model):
     if shutil.which("bwrap") is None:
         pytest.skip("needs bubblewrap (apt-get install bubblewrap)")
     settings.SANDBOX_BACKEND = "bubblewrap"
     out = tmp_path / "out"
 
-    call_command("demo_walkthrough", out=str(out), modality=modality, patients=patients, epochs=2)
+    call_command("demo_walkthrough", out=str(out), modality=modality, patients=110, epochs=2)
 
     printed = capsys.readouterr().out
     assert "Round complete." in printed

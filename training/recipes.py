@@ -107,6 +107,8 @@ def resolve_recipe(recipe: dict, *, family: str, modality: str = Modality.TEXT, 
         targets = DEFAULT_TARGET_MODULES.get(family) if modality == Modality.TEXT else None
         targets = targets or recipe_class(modality).default_target_modules.get(family) or ("q_proj", "v_proj")
         resolved["target_modules"] = list(targets)
+    if resolved["quantization"] == "auto" and not recipe_class(modality).supports_quantization:
+        resolved["quantization"] = "none"  # e.g. the diffusion UNet: full-precision LoRA even on a GPU worker
     if resolved["canaries"] and not recipe_class(modality).can_plant_canaries:
         resolved["canaries"] = False  # canaries are planted text; this modality's audit probes otherwise
     if resolved.get("dp"):

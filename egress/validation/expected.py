@@ -1,7 +1,8 @@
 """The exact set of tensors a LoRA adapter may hold, derived from the base model and the recipe.
 
-Nothing here is a per-family table. The base model's architecture (``config.json`` ``architectures``)
-is instantiated on the ``meta`` device (no weights, no memory), its modules are enumerated, and the
+Nothing here is a per-family table. The base model's class (``config.json`` ``architectures`` for
+transformers models, ``_class_name`` for diffusers models such as ``UNet2DModel``) is instantiated
+on the ``meta`` device (no weights, no memory), its modules are enumerated, and the
 recipe's ``target_modules`` are matched with peft's own rule (a list entry matches a module whose
 dotted name equals it or ends with ``.<entry>``; a string is ``re.fullmatch``-ed, ``"all-linear"``
 means every Linear/Conv1D but the output embedding). Each matched module gives the keys peft's
@@ -13,14 +14,17 @@ module             key suffix                                   shape
 nn.Linear          ``.lora_A.weight`` / ``.lora_B.weight``      ``[r, in]`` / ``[out, r]``
 Conv1D (GPT-2)     same; its weight is stored ``(in, out)``     ``[r, in]`` / ``[out, r]``
 nn.Embedding       ``.lora_embedding_A`` / ``.lora_embedding_B``  ``[r, num]`` / ``[dim, r]``
-use_dora           ``.lora_magnitude_vector``                   ``[out]`` (``[dim]`` for embeddings)
+nn.Conv2d          ``.lora_A.weight`` / ``.lora_B.weight``      ``[r, in, kh, kw]`` / ``[out, r, 1, 1]``
+use_dora           ``.lora_magnitude_vector``                   ``[out]`` (``[dim]`` for embeddings,
+                                                                ``[1, out, 1, 1]`` for Conv2d)
 lora_bias          ``.lora_B.bias``                             ``[out]`` (not for embeddings)
 =================  ===========================================  =========================
 
 Grouped-query attention needs no special case: k/v projections simply have a smaller ``out``.
-Embedding targets are refused unless the recipe sets ``embedding_lora``; any other matched module
-type (a container, a convolution, attention) is refused, as peft would refuse it or as we cannot
-vouch for its keys. Base weights (``base_layer``, ``modules_to_save``, embeddings, ``lm_head``) are
+Embedding targets are refused unless the recipe sets ``embedding_lora``; a grouped Conv2d (peft
+shapes its lora_B by the groups and cannot merge it) and any other matched module type (a
+container, a Conv1d/Conv3d, attention) are refused, as peft would refuse them or as we cannot
+vouch for their keys. Base weights (``base_layer``, ``modules_to_save``, embeddings, ``lm_head``) are
 never in the set.
 
 The module enumeration is cached by (resolved model dir, sha256 of config.json). torch and
@@ -30,6 +34,7 @@ transformers are imported lazily, so the rest of the validator runs without them
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import threading
 from dataclasses import dataclass
@@ -42,6 +47,7 @@ ALL_LINEAR = "all-linear"
 KIND_LINEAR = "linear"
 KIND_CONV1D = "conv1d"
 KIND_EMBEDDING = "embedding"
+KIND_CONV2D = "conv2d"
 KIND_OTHER = "other"
 
 # tensor roles
@@ -60,11 +66,13 @@ class RecipeError(ValueError):
 @dataclass(frozen=True)
 class ModuleInfo:
     name: str
-    kind: str  # linear | conv1d | embedding | other
+    kind: str  # linear | conv1d | embedding | conv2d | other
     type_name: str
-    in_features: int = 0  # num_embeddings for embeddings
-    out_features: int = 0  # embedding_dim for embeddings
+    in_features: int = 0  # num_embeddings for embeddings; in_channels for Conv2d
+    out_features: int = 0  # embedding_dim for embeddings; out_channels for Conv2d
     is_output_embedding: bool = False
+    kernel_size: tuple[int, ...] = ()  # Conv2d only
+    groups: int = 1  # Conv2d only
 
 
 @dataclass(frozen=True)
@@ -222,26 +230,19 @@ def base_model_modules(base_model_dir: Path | str) -> BaseModelModules:
 
 def _enumerate(directory: Path, digest: str) -> BaseModelModules:
     import torch  # noqa: PLC0415 - heavy, only here
-    import transformers  # noqa: PLC0415
-    from transformers import AutoConfig  # noqa: PLC0415
     from transformers.pytorch_utils import Conv1D  # noqa: PLC0415
 
     try:
-        config = AutoConfig.from_pretrained(str(directory), local_files_only=True, trust_remote_code=False)
-    except Exception as exc:  # noqa: BLE001 - any failure to read the config is a refusal
-        raise RecipeError(f"base model config could not be read ({type(exc).__name__})") from None
-    architectures = getattr(config, "architectures", None) or []
-    if len(architectures) != 1 or not isinstance(architectures[0], str):
-        raise RecipeError("base model config.json must name exactly one architecture")
-    architecture = architectures[0]
-    model_class = getattr(transformers, architecture, None)
-    if model_class is None or not isinstance(model_class, type) or not hasattr(model_class, "_from_config"):
-        raise RecipeError(f"architecture {architecture} is not a transformers model class")
-    try:
-        with torch.device("meta"):
-            model = model_class._from_config(config)
-    except Exception as exc:  # noqa: BLE001
-        raise RecipeError(f"architecture {architecture} could not be instantiated ({type(exc).__name__})") from None
+        raw = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        raise RecipeError("base model config.json is not readable JSON") from None
+    if not isinstance(raw, dict):
+        raise RecipeError("base model config.json is not a JSON object")
+    # diffusers writes "_class_name" and no "architectures"; transformers writes "architectures".
+    if "_class_name" in raw and "architectures" not in raw:
+        architecture, model = _instantiate_diffusers(directory, raw)
+    else:
+        architecture, model = _instantiate_transformers(directory)
 
     output_embedding = None
     try:
@@ -262,10 +263,63 @@ def _enumerate(directory: Path, digest: str) -> BaseModelModules:
             modules.append(ModuleInfo(name, KIND_LINEAR, type_name, int(module.in_features), int(module.out_features), is_out))
         elif isinstance(module, torch.nn.Embedding):
             modules.append(ModuleInfo(name, KIND_EMBEDDING, type_name, int(module.num_embeddings), int(module.embedding_dim), is_out))
+        elif type(module) is torch.nn.Conv2d:  # exactly Conv2d: peft shapes other convolutions differently
+            modules.append(ModuleInfo(name, KIND_CONV2D, type_name, int(module.in_channels), int(module.out_channels), is_out,
+                                      kernel_size=tuple(int(k) for k in module.kernel_size), groups=int(module.groups)))
         else:
             modules.append(ModuleInfo(name, KIND_OTHER, type_name))
     del model
     return BaseModelModules(architecture=architecture, config_sha256=digest, modules=tuple(modules))
+
+
+def _instantiate_transformers(directory: Path) -> tuple[str, Any]:
+    """The transformers model class named by ``architectures``, built from the config on ``meta``."""
+    import torch  # noqa: PLC0415
+    import transformers  # noqa: PLC0415
+    from transformers import AutoConfig  # noqa: PLC0415
+
+    try:
+        config = AutoConfig.from_pretrained(str(directory), local_files_only=True, trust_remote_code=False)
+    except Exception as exc:  # noqa: BLE001 - any failure to read the config is a refusal
+        raise RecipeError(f"base model config could not be read ({type(exc).__name__})") from None
+    architectures = getattr(config, "architectures", None) or []
+    if len(architectures) != 1 or not isinstance(architectures[0], str):
+        raise RecipeError("base model config.json must name exactly one architecture")
+    architecture = architectures[0]
+    model_class = getattr(transformers, architecture, None)
+    if model_class is None or not isinstance(model_class, type) or not hasattr(model_class, "_from_config"):
+        raise RecipeError(f"architecture {architecture} is not a transformers model class")
+    try:
+        with torch.device("meta"):
+            model = model_class._from_config(config)
+    except Exception as exc:  # noqa: BLE001
+        raise RecipeError(f"architecture {architecture} could not be instantiated ({type(exc).__name__})") from None
+    return architecture, model
+
+
+def _instantiate_diffusers(directory: Path, raw: dict) -> tuple[str, Any]:
+    """The diffusers model class named by ``_class_name`` (a ModelMixin: a UNet, a VAE, a
+    transformer; never a pipeline or a scheduler), built from the config on ``meta``."""
+    import torch  # noqa: PLC0415
+
+    class_name = raw.get("_class_name")
+    if not isinstance(class_name, str) or not class_name.isidentifier():
+        raise RecipeError("base model config.json _class_name must name a diffusers model class")
+    try:
+        import diffusers  # noqa: PLC0415
+        from diffusers import ModelMixin  # noqa: PLC0415
+    except ImportError:
+        raise RecipeError("base model is a diffusers model and diffusers is not installed") from None
+    model_class = getattr(diffusers, class_name, None)
+    if not isinstance(model_class, type) or not issubclass(model_class, ModelMixin):
+        raise RecipeError(f"{class_name} is not a diffusers model class")
+    try:
+        config = model_class.load_config(str(directory), local_files_only=True)
+        with torch.device("meta"):
+            model = model_class.from_config(config)
+    except Exception as exc:  # noqa: BLE001
+        raise RecipeError(f"{class_name} could not be instantiated ({type(exc).__name__})") from None
+    return class_name, model
 
 
 # ---------------------------------------------------------------------------------------------
@@ -314,6 +368,15 @@ def expected_from_modules(base: BaseModelModules, recipe: LoraRecipe | Mapping[s
             add(m, "lora_embedding_B", (m.out_features, r), ROLE_EMB_B)
             if recipe.use_dora:
                 add(m, "lora_magnitude_vector", (m.out_features,), ROLE_MAGNITUDE)
+        elif m.kind == KIND_CONV2D:
+            if m.groups != 1:
+                raise RecipeError(f"target {m.name} is a grouped Conv2d (groups={m.groups}), which the validator does not support")
+            add(m, "lora_A.weight", (r, m.in_features, *m.kernel_size), ROLE_A)
+            add(m, "lora_B.weight", (m.out_features, r, 1, 1), ROLE_B)
+            if recipe.lora_bias:
+                add(m, "lora_B.bias", (m.out_features,), ROLE_B_BIAS)
+            if recipe.use_dora:
+                add(m, "lora_magnitude_vector", (1, m.out_features, 1, 1), ROLE_MAGNITUDE)
         else:
             raise RecipeError(f"target {m.name} is a {m.type_name}, which the validator does not support")
     return ExpectedAdapter(

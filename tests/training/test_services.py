@@ -667,3 +667,18 @@ def test_dp_job_whose_lora_did_not_move_ends_failed_and_hands_nothing_off(tmp_pa
     from django.conf import settings
 
     assert not (settings.QUARANTINE_ROOT / str(job.pk)).exists()
+
+
+@pytest.mark.parametrize(("modality", "family", "quantization", "canaries"), [
+    ("text", "llama", "auto", True),
+    ("speech", "whisper", "auto", False),  # canaries are planted text
+    ("molecules", "llama", "auto", False),
+    ("diffusion", "unet2d", "none", False),  # the UNet trains full-precision LoRA even on a GPU worker
+])
+def test_resolve_recipe_follows_what_the_modalitys_recipe_can_do(modality, family, quantization, canaries):
+    from training.runtime.recipes import recipe_class
+
+    resolved = recipes.resolve_recipe({}, family=family, modality=modality)
+    assert (resolved["quantization"], resolved["canaries"]) == (quantization, canaries)
+    assert resolved["target_modules"] == list(recipes.DEFAULT_TARGET_MODULES.get(family) if modality == "text"
+                                              else recipe_class(modality).default_target_modules[family])

@@ -34,6 +34,8 @@ def modalities() -> list[str]:
 
 # Importing a recipe module registers it.
 from . import text  # noqa: E402,F401
+from . import diffusion  # noqa: E402,F401
+from . import vision_language  # noqa: E402,F401
 from . import speech  # noqa: E402,F401
 from . import molecules  # noqa: E402,F401
 

@@ -61,6 +61,9 @@ class Recipe(ABC):
     # record: the right unit when one patient has several recordings, images or notes, since the
     # question a reviewer asks is "can an attacker tell this PERSON was in training".
     membership_by_patient: ClassVar[bool] = False
+    # The base model can be loaded 4-bit through bitsandbytes (QLoRA). When False the portal
+    # resolves quantization "auto" to "none" for this modality, and "nf4" is refused by the recipe.
+    supports_quantization: ClassVar[bool] = True
 
     def __init__(self, spec: JobSpec, device: Any) -> None:
         self.spec = spec

@@ -52,7 +52,7 @@ def test_demo_walkthrough_speech_completes(settings, tmp_path, capsys):
     settings.SANDBOX_BACKEND = "bubblewrap"
     out = tmp_path / "out"
 
-    call_command("demo_walkthrough", out=str(out), modality="speech", patients=110, epochs=2)
+    call_command("demo_walkthrough", out=str(out), modality="speech", patients=200, epochs=2)
 
     printed = capsys.readouterr().out
     assert "Round complete." in printed

@@ -65,3 +65,14 @@ def test_a_dp_adapter_at_epsilon_8_passes_the_audit(dp_normal_run):
     assert final["eval_loss_adapted"] < final["eval_loss_base"]  # the portal's DP guard would pass it
     verdict = evaluate(validate_audit(dp_normal_run.audit_report()), AuditPolicy(version=1))
     assert verdict["passed"], verdict["gates"]
+
+
+def test_empty_poisson_batches_take_a_noise_only_step(base_model, tmp_path):
+    """4 patients sampled at rate 1/4: about a third of the 20 steps draw nobody, and the run goes on."""
+    from .conftest import make_spec, run_runtime
+
+    spec = make_spec(tmp_path, base_model, n_train=4, epochs=5, batch_size=1, dp={"target_epsilon": 8.0, "delta": 1e-5})
+    result = run_runtime("train", spec)
+    assert result.returncode == 0, result.stderr[-2000:]
+    final = json.loads((tmp_path / "out" / "progress.jsonl").read_text().splitlines()[-1])
+    assert (final["step"], final["sample_rate"]) == (20, 0.25) and 0 < final["epsilon"] <= 8.0

@@ -117,14 +117,19 @@ def _loop(
             optimizer.zero_grad(set_to_none=True)
             tokens = 0
             loss_value = 0.0
-            # An empty Poisson batch (DP) still goes through forward and backward, so that the
-            # optimizer sees (empty) per-sample gradients and takes its noise-only step.
-            if dp_enabled or _batch_size(batch):
+            if _batch_size(batch):
                 loss, tokens = recipe.batch_loss(model, recipe.to_device(batch))
                 loss.backward()
                 loss_value = float(loss.detach())
                 if not math.isfinite(loss_value):
                     raise RuntimeError(f"training loss became non-finite at step {step + 1}")
+            elif dp_enabled:
+                # An empty Poisson batch (no patient sampled) must still take its noise-only step:
+                # skipping it would tell an observer that nobody was sampled, which the accountant's
+                # subsampling argument does not allow. Models cannot run forward on zero rows, so
+                # hand Opacus empty per-sample gradients directly; it clips nothing and adds noise.
+                for param in params:
+                    param.grad_sample = torch.zeros((0, *param.shape), device=param.device, dtype=param.dtype)
             if not dp_enabled:
                 torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP_NORM)
             optimizer.step()

@@ -54,16 +54,14 @@ def run(model_dir: Path, data: Path, work: Path, *, steps: int, dp: dict | None)
 
 
 def main() -> None:
-    from bench.bench_training import stage
+    from bench.bench_training import demo_model_dir, stage
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--records", type=int, default=400)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
-    model_dir = ROOT / "var" / "models" / "demo-text-lm"
-    if not (model_dir / "config.json").exists():
-        sys.exit("Build the demo model first: make demo (or manage.py build_demo_models).")
+    model_dir = demo_model_dir()
     work = Path(tempfile.mkdtemp(prefix="rapha-bench-dp-"))
     try:
         data = work / "data"

@@ -38,6 +38,14 @@ def stage(folder: Path, records: int) -> None:
         (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
 
 
+def demo_model_dir() -> Path:
+    """demo-text-lm as `build_demo_models` leaves it; exits with how to build it when missing."""
+    model_dir = ROOT / "var" / "models" / "demo-text-lm"
+    if not (model_dir / "config.json").exists():
+        sys.exit("Build the demo model first: make demo (or manage.py build_demo_models).")
+    return model_dir
+
+
 def plain_loop(model_dir: Path, data: Path, steps: int) -> float:
     """The baseline: the simplest correct peft loop, no framework of ours."""
     import torch
@@ -104,9 +112,7 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=400)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    model_dir = ROOT / "var" / "models" / "demo-text-lm"
-    if not (model_dir / "config.json").exists():
-        sys.exit("Build the demo model first: make demo (or manage.py build_demo_models).")
+    model_dir = demo_model_dir()
     work = Path(tempfile.mkdtemp(prefix="rapha-bench-"))
     work.chmod(0o711)
     try:

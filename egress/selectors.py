@@ -127,10 +127,17 @@ def cohort_display(adapter: Adapter) -> str:
 
 
 def dp_facts(adapter: Adapter) -> dict | None:
-    """The DP-SGD guarantee the job reached, when its recipe asked for one."""
-    from egress.services import dp_guarantee
-
-    return dp_guarantee(adapter.job)
+    """The DP-SGD guarantee the adapter's job reached, when its recipe asked for one: what the review
+    page and the signed manifest both show (ε from the accountant, δ, noise, clipping, sampling, steps)."""
+    job = adapter.job
+    dp = job.recipe.get("dp")
+    if not dp:
+        return None
+    metrics = job.final_metrics or {}
+    return {"target_epsilon": dp.get("target_epsilon"), "epsilon": metrics.get("epsilon"), "delta": dp.get("delta"),
+            "noise_multiplier": metrics.get("noise_multiplier"), "max_grad_norm": dp.get("max_grad_norm"),
+            "sample_rate": metrics.get("sample_rate"), "steps": job.total_steps,
+            "epochs": job.recipe.get("epochs"), "accountant": "prv", "unit": "patient"}
 
 
 def manifest_summary(manifest: dict) -> list[tuple[str, str]]:

@@ -18,7 +18,7 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from egress import audit_gates
+from egress import audit_gates, selectors
 from egress.models import Adapter, AuditPolicy, Download, Release, SignOff, TermsAcceptance
 from governance.models import CohortRecord
 from governance.services import dataset_identifiers
@@ -440,26 +440,13 @@ def _peft_task_type(modality: str) -> str | None:
     return recipe_class(modality).peft_task_type
 
 
-def dp_guarantee(job) -> dict | None:
-    """The DP-SGD guarantee a job reached, when its recipe asked for one: what the review page and
-    the signed manifest both show (ε from the accountant, δ, noise, clipping, sampling, steps)."""
-    dp = job.recipe.get("dp")
-    if not dp:
-        return None
-    metrics = job.final_metrics or {}
-    return {"target_epsilon": dp.get("target_epsilon"), "epsilon": metrics.get("epsilon"), "delta": dp.get("delta"),
-            "noise_multiplier": metrics.get("noise_multiplier"), "max_grad_norm": dp.get("max_grad_norm"),
-            "sample_rate": metrics.get("sample_rate"), "steps": job.total_steps,
-            "epochs": job.recipe.get("epochs"), "accountant": "prv", "unit": "patient"}
-
-
 def _release_facts(adapter: Adapter) -> dict:
     from governance.cohorts import disclosed_count
     from governance.services import policy_current
 
     cohort = adapter.job.request.cohort
     disclosed = disclosed_count(cohort.patient_count, policy_current())
-    dp_facts = dp_guarantee(adapter.job)
+    dp_facts = selectors.dp_facts(adapter)
     card = {"Cohort size (patients, rounded)": disclosed["display"], "Validation": "passed",
             "Privacy audit": "passed", "Reviewers": "two independent privacy reviewers"}
     if dp_facts:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
@@ -85,6 +86,13 @@ def requested_dp(request: DataAccessRequest) -> dict | None:
     return dp if isinstance(dp, dict) else None
 
 
+def dp_target(recipe: Any) -> float | None:
+    """The ε a recipe's DP block targets (a request's ε when it names none); None without DP."""
+    dp = recipe.get("dp") if isinstance(recipe, dict) else None
+    target = dp.get("target_epsilon") if isinstance(dp, dict) else None
+    return target if isinstance(target, (int, float)) and not isinstance(target, bool) else None
+
+
 def default_delta(patients: int) -> float:
     """δ well below 1/n: the chance of a total privacy failure must be small against one patient in n."""
     return min(DELTA_DEFAULT, DELTA_FRACTION / max(patients, 1))
@@ -94,7 +102,7 @@ def budget_checks(request: DataAccessRequest, datasets: list[Dataset], *, patien
     """Approval checks: ε within each budget, DP where a budget exists, δ below 1/n."""
     checks: list[tuple[str, bool, str]] = []
     dp = requested_dp(request)
-    epsilon = dp.get("target_epsilon") if dp else None
+    epsilon = dp_target(request.recipe)
     for dataset in datasets:
         status = budget_status(dataset, excluding_request=request)
         if not status.limited:

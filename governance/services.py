@@ -409,8 +409,7 @@ def _validate_request_fields(*, project: Project, datasets: list[Dataset], modal
         errors["ethics_approval"] = "That ethics approval belongs to another project."
     if requested_epsilon is not None and not 0 < requested_epsilon <= 100:
         errors["requested_epsilon"] = "ε must be above 0 and at most 100."
-    dp = recipe.get("dp") if isinstance(recipe, dict) else None
-    target = dp.get("target_epsilon") if isinstance(dp, dict) else None
+    target = privacy_budget.dp_target(recipe)
     if requested_epsilon is not None and "requested_epsilon" not in errors and target != requested_epsilon:
         errors["requested_epsilon"] = ("ε is what differentially private training targets: set recipe.dp.target_epsilon "
                                        "to the same value (or leave ε empty to take it from the recipe).")
@@ -428,13 +427,6 @@ def _validate_request_fields(*, project: Project, datasets: list[Dataset], modal
     return normalised
 
 
-def _dp_target(recipe: Any) -> float | None:
-    """The ε a recipe's DP block targets (the request's ε when it names none)."""
-    dp = recipe.get("dp") if isinstance(recipe, dict) else None
-    target = dp.get("target_epsilon") if isinstance(dp, dict) else None
-    return target if isinstance(target, (int, float)) and not isinstance(target, bool) else None
-
-
 def request_create(
     *, by: User, project: Project, datasets: Iterable[Dataset], title: str, purpose: str, modality: str,
     cohort_definition: Any, base_model_name: str, recipe: dict | None = None,
@@ -444,7 +436,7 @@ def request_create(
     datasets = list(datasets)
     recipe = recipe or {}
     if requested_epsilon is None:
-        requested_epsilon = _dp_target(recipe)
+        requested_epsilon = privacy_budget.dp_target(recipe)
     if not title.strip() or not purpose.strip():
         raise ValidationError("A request needs a title and a purpose.")
     definition = _validate_request_fields(
@@ -480,7 +472,7 @@ def request_update(*, request: DataAccessRequest, by: User, **fields: Any) -> Da
         datasets = list(fields.pop("datasets", request.datasets.all()))
         merged = {name: fields.get(name, getattr(request, name)) for name in allowed - {"datasets"}}
         if "recipe" in fields and "requested_epsilon" not in fields:
-            merged["requested_epsilon"] = _dp_target(merged["recipe"])  # ε follows the recipe's DP target
+            merged["requested_epsilon"] = privacy_budget.dp_target(merged["recipe"])  # ε follows the recipe's DP target
         merged["cohort_definition"] = _validate_request_fields(
             project=request.project, datasets=datasets, modality=request.modality,
             cohort_definition=merged["cohort_definition"], base_model_name=merged["base_model_name"],

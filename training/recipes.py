@@ -101,15 +101,16 @@ def resolve_recipe(recipe: dict, *, family: str, modality: str = Modality.TEXT, 
     LoRA targets, when the request names none: this portal's (smaller) choice for the text
     families above, else the runtime recipe's default for the model family.
     """
+    runtime = recipe_class(modality)
     resolved = {**RECIPE_DEFAULTS, **recipe}
     resolved.setdefault("target_modules", None)
     if not resolved["target_modules"]:
         targets = DEFAULT_TARGET_MODULES.get(family) if modality == Modality.TEXT else None
-        targets = targets or recipe_class(modality).default_target_modules.get(family) or ("q_proj", "v_proj")
+        targets = targets or runtime.default_target_modules.get(family) or ("q_proj", "v_proj")
         resolved["target_modules"] = list(targets)
-    if resolved["quantization"] == "auto" and not recipe_class(modality).supports_quantization:
+    if resolved["quantization"] == "auto" and not runtime.supports_quantization:
         resolved["quantization"] = "none"  # e.g. the diffusion UNet: full-precision LoRA even on a GPU worker
-    if resolved["canaries"] and not recipe_class(modality).can_plant_canaries:
+    if resolved["canaries"] and not runtime.can_plant_canaries:
         resolved["canaries"] = False  # canaries are planted text; this modality's audit probes otherwise
     if resolved.get("dp"):
         resolved["dp"] = {"delta": default_delta(patients or 1), "max_grad_norm": DP_DEFAULT_MAX_GRAD_NORM, **resolved["dp"]}

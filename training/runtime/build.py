@@ -55,15 +55,19 @@ def train_byte_level_tokenizer(corpus: Iterable[str], *, vocab_size: int, max_le
     )
 
 
+def make_readable(folder: Path) -> Path:
+    """save_pretrained may create files 0600; the sandbox reads /models as a non-root user."""
+    for path in folder.rglob("*"):
+        if path.is_file():
+            path.chmod(0o644)
+    return folder
+
+
 def _save(model, tokenizer, out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
-    # save_pretrained may create files 0600; the sandbox reads /models as a non-root user.
-    for path in out_dir.iterdir():
-        if path.is_file():
-            path.chmod(0o644)
-    return out_dir
+    return make_readable(out_dir)
 
 
 def build_text_lm(

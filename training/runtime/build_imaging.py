@@ -25,7 +25,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .build import train_byte_level_tokenizer
+from .build import make_readable, train_byte_level_tokenizer
 
 VLM_FAMILY = "vision-encoder-decoder"
 DIFFUSION_FAMILY = "unet2d"
@@ -108,14 +108,6 @@ def _image_tensor(images: Sequence[Any], size: int) -> Any:
     return torch.cat(out)
 
 
-def _finish(folder: Path) -> Path:
-    # save_pretrained may create files 0600; the sandbox reads /models as a non-root user.
-    for path in folder.rglob("*"):
-        if path.is_file():
-            path.chmod(0o644)
-    return folder
-
-
 # --- vision-language ---------------------------------------------------------------------------
 
 def build_demo_vlm(
@@ -187,7 +179,7 @@ def build_demo_vlm(
     # Grey images in [0, 1] (the runtime derives them from DICOM windowing), to [-1, 1].
     ViTImageProcessor(size={"height": image_size, "width": image_size}, image_mean=[0.5], image_std=[0.5],
                       do_rescale=False).save_pretrained(folder)
-    return _finish(folder)
+    return make_readable(folder)
 
 
 def _pretrain_vlm(model, tokenizer, pixels, reports: list[str], *, epochs: int, max_length: int, seed: int,
@@ -262,7 +254,7 @@ def build_demo_diffusion(
     folder.mkdir(parents=True, exist_ok=True)
     unet.save_pretrained(folder, safe_serialization=True)
     scheduler.save_pretrained(folder)
-    return _finish(folder)
+    return make_readable(folder)
 
 
 def _pretrain_unet(unet, scheduler, samples, *, steps: int, seed: int, batch_size: int = 8,

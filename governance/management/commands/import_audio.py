@@ -1,10 +1,8 @@
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
-from django.db import transaction
 
-from governance import services
 from governance.importers.audio import AudioImportError, parse_audio_folder
-from governance.management.commands._dataset import acting_steward, dataset_for_import
+from governance.management.commands._dataset import acting_steward, import_into, summary_line
 
 
 class Command(BaseCommand):
@@ -33,14 +31,9 @@ class Command(BaseCommand):
         if not parsed.records:
             raise CommandError(f"Nothing imported: no usable recording in {folder} ({refused} refused).")
         by = acting_steward(steward)
-        with transaction.atomic():
-            target = dataset_for_import(name=dataset, title=title or dataset, modality="speech",
-                                        location=f"audio import from {parsed.folder}", steward=by)
-            summary = services.dataset_import_records(
-                dataset=target, patients=parsed.patients, records=parsed.records, by=by,
-                source=f"audio: {len(parsed.records)} recording(s), {refused} refused",
-            )
-        self.stdout.write(
-            f"{target.name}: {summary.patients_added} patients and {summary.records_added} recordings added, "
-            f"{summary.records_unchanged} already present, {refused} refused."
+        target, summary = import_into(
+            name=dataset, title=title or dataset, modality="speech", location=f"audio import from {parsed.folder}",
+            steward=by, patients=parsed.patients, records=parsed.records,
+            source=f"audio: {len(parsed.records)} recording(s), {refused} refused",
         )
+        self.stdout.write(summary_line(target, summary, unit="recordings", tail=f"{refused} refused"))

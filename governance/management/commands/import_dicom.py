@@ -1,11 +1,9 @@
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
-from django.db import transaction
 
-from governance import services
 from governance.importers.dicom import IMAGING_MODALITIES, DicomImportError, parse_dicom_folder
-from governance.management.commands._dataset import acting_steward, dataset_for_import
+from governance.management.commands._dataset import acting_steward, import_into, summary_line
 
 
 class Command(BaseCommand):
@@ -33,14 +31,9 @@ class Command(BaseCommand):
             self.stdout.write(f"{outcome.status} {outcome.path}{detail}")
         if not parsed.records:
             raise CommandError(f"Nothing imported: no importable DICOM instance under {folder}.")
-        with transaction.atomic():
-            target = dataset_for_import(name=dataset, title=title or dataset, modality=modality,
-                                        location=f"DICOM import from {root}", steward=by)
-            summary = services.dataset_import_records(
-                dataset=target, patients=parsed.patients, records=parsed.records, by=by,
-                source=f"DICOM: {parsed.count('imported')} instance(s) from {len(parsed.outcomes)} file(s)",
-            )
-        self.stdout.write(
-            f"{target.name}: {summary.patients_added} patients and {summary.records_added} records added, "
-            f"{summary.records_unchanged} already present, {parsed.count('skipped')} files skipped."
+        target, summary = import_into(
+            name=dataset, title=title or dataset, modality=modality, location=f"DICOM import from {root}", steward=by,
+            patients=parsed.patients, records=parsed.records,
+            source=f"DICOM: {parsed.count('imported')} instance(s) from {len(parsed.outcomes)} file(s)",
         )
+        self.stdout.write(summary_line(target, summary, tail=f"{parsed.count('skipped')} files skipped"))

@@ -1,11 +1,9 @@
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
-from django.db import transaction
 
-from governance import services
 from governance.importers.fhir import FhirImportError, parse_bundle_file
-from governance.management.commands._dataset import acting_steward, dataset_for_import
+from governance.management.commands._dataset import acting_steward, import_into, summary_line
 
 
 class Command(BaseCommand):
@@ -36,19 +34,13 @@ class Command(BaseCommand):
             except FhirImportError as exc:
                 raise CommandError(f"Nothing imported. {exc}") from None
         by = acting_steward(steward)
-        with transaction.atomic():
-            target = dataset_for_import(name=dataset, title=title or dataset, modality="text",
-                                        location=f"FHIR import from {files[0].parent}", steward=by)
-            patients = {p.key: p for bundle in parsed for p in bundle.patients}
-            records = [r for bundle in parsed for r in bundle.records]
-            summary = services.dataset_import_records(
-                dataset=target, patients=patients.values(), records=records, by=by,
-                source=f"FHIR: {len(files)} bundle(s)",
-            )
+        patients = {p.key: p for bundle in parsed for p in bundle.patients}
+        target, summary = import_into(
+            name=dataset, title=title or dataset, modality="text", location=f"FHIR import from {files[0].parent}",
+            steward=by, patients=patients.values(), records=[r for bundle in parsed for r in bundle.records],
+            source=f"FHIR: {len(files)} bundle(s)",
+        )
         skipped = [s for bundle in parsed for s in bundle.skipped]
         for entry in skipped:
             self.stdout.write(f"skipped entry {entry.entry_index} ({entry.resource_type} {entry.full_url}): {entry.reason}")
-        self.stdout.write(
-            f"{target.name}: {summary.patients_added} patients and {summary.records_added} records added, "
-            f"{summary.records_unchanged} already present, {len(skipped)} entries skipped."
-        )
+        self.stdout.write(summary_line(target, summary, tail=f"{len(skipped)} entries skipped"))

@@ -1,9 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
-from django.db import transaction
 
-from governance import services
 from governance.importers.molecules import FORMATS, MoleculeImportError, parse_file
-from governance.management.commands._dataset import acting_steward, dataset_for_import
+from governance.management.commands._dataset import acting_steward, import_into, summary_line
 
 
 class Command(BaseCommand):
@@ -32,14 +30,9 @@ class Command(BaseCommand):
             raise CommandError(f"Nothing imported (--strict): {len(parsed.invalid)} of the {parsed.entries} "
                                f"entries of {parsed.source} are invalid.")
         by = acting_steward(steward)
-        with transaction.atomic():
-            target = dataset_for_import(name=dataset, title=title or dataset, modality="molecules",
-                                        location=f"{parsed.format.upper()} import from {parsed.source}", steward=by)
-            summary = services.dataset_import_records(
-                dataset=target, patients=parsed.patients, records=parsed.records, by=by,
-                source=f"{parsed.format.upper()}: {parsed.source}",
-            )
-        self.stdout.write(
-            f"{target.name}: {summary.patients_added} patients and {summary.records_added} records added, "
-            f"{summary.records_unchanged} already present, {len(parsed.invalid)} invalid entries left out."
+        target, summary = import_into(
+            name=dataset, title=title or dataset, modality="molecules",
+            location=f"{parsed.format.upper()} import from {parsed.source}", steward=by,
+            patients=parsed.patients, records=parsed.records, source=f"{parsed.format.upper()}: {parsed.source}",
         )
+        self.stdout.write(summary_line(target, summary, tail=f"{len(parsed.invalid)} invalid entries left out"))
